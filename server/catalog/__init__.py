@@ -1,0 +1,1 @@
+"""The card catalog: sources (plugins per game), import into the database, images."""

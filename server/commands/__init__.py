@@ -1,0 +1,1 @@
+"""``scanemon-server`` subcommands, one module each (see server/cli.py)."""

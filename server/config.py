@@ -1,0 +1,98 @@
+"""Server settings: environment variables (``SCANEMON_…``, nested with ``__``) over an optional YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from device.configfile import load_yaml, error_line, ConfigFileError
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(1883, description="Broker TCP port.", ge=1, le=65535)
+    username: str | None = Field(None, description="Server's broker user (needs ACL for all device topics).")
+    password: str | None = Field(None, description="Server's broker password.")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT version; the embedded amqtt broker needs 3.1.1.")
+    client_id: str = Field("scanemon-server", description="Client id prefix; workers append their index.")
+    embedded: bool = Field(False, description="Start an in-process amqtt broker (one-box/hobbyist default).")
+    keepalive: int = Field(30, description="Keepalive seconds.", ge=5)
+
+
+class IngestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workers: int = Field(1, description="Ingest workers in the shared subscription group.", ge=0, le=64)
+    batch_size: int = Field(200, description="Scans committed per database transaction at most.", ge=1)
+    batch_wait_ms: int = Field(20, description="How long to gather a batch before committing.", ge=0)
+    session_expiry_s: int = Field(3600, description="MQTT 5 session expiry: queued scans survive a worker restart.", ge=0)
+
+
+class SecuritySettings(BaseModel):
+    """Rate limits, upload caps, web sessions and response headers (server/security.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate_limit_enabled: bool = Field(True, description="Per-client token-bucket rate limiting (429 + Retry-After).")
+    rate_limit_per_s: float = Field(20.0, description="Tokens refilled per second per client (sustained requests/s).", gt=0)
+    rate_limit_burst: int = Field(100, description="Bucket size: requests a client may make in a burst.", ge=1)
+    rate_limit_exempt: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics", "/static/"],
+                                         description="Path prefixes never rate limited (probes, scrapes, static files).")
+    trust_forwarded_for: bool = Field(False, description="Key clients by the first X-Forwarded-For address "
+                                      "(only behind a proxy that sets it).")
+    max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest request body accepted (413 beyond).", ge=1024)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest image upload accepted (413 beyond).", ge=1024)
+    max_image_pixels: int = Field(40_000_000, description="Largest width*height decoded (decompression-bomb guard).",
+                                  ge=1)
+    session_secret: str | None = Field(None, description="HMAC key for web session cookies; generated into "
+                                       "data_dir/session_secret when unset (set it when running several replicas).")
+    session_max_age_s: int = Field(14 * 24 * 3600, description="Web session lifetime in seconds.", ge=60)
+    cookie_secure: bool = Field(False, description="Mark the session cookie Secure (turn on behind HTTPS).")
+    content_security_policy: str = Field(
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+        description="Content-Security-Policy header sent with every response.")
+    audit_mutations: bool = Field(True, description="Write an audit_log row for every POST/PUT/PATCH/DELETE.")
+    metrics_public: bool = Field(True, description="Serve /metrics without a token (scrapers on a private network).")
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server needs. Defaults give the embedded one-box setup (SQLite + amqtt)."""
+
+    model_config = SettingsConfigDict(env_prefix="SCANEMON_", env_nested_delimiter="__", extra="forbid")
+
+    database_url: str = Field("sqlite:///var/scanemon.db", description="SQLAlchemy URL; postgresql+psycopg2://… for production.")
+    data_dir: Path = Field(Path("var"), description="Writable folder for images, indexes and bundles.")
+    catalog_images: Path | None = Field(None, description="Folder of catalog card images keyed by card id.")
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, description="HTTP port.", ge=1, le=65535)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="Ingest workers.")
+    readyz_check_broker: bool = Field(True, description="Whether /readyz requires the broker to be reachable.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (empty: same-origin only).")
+    log_json: bool = Field(False, description="Structured JSON logs.")
+    security: SecuritySettings = Field(default_factory=SecuritySettings, description="Rate limits, uploads, sessions, headers.")
+
+
+def load_settings(path: str | Path | None = None, **overrides) -> ServerSettings:
+    """Settings from an optional YAML file, then environment variables, then explicit overrides."""
+    if path is None:
+        return ServerSettings(**overrides)
+    data, lines = load_yaml(path)
+    from pydantic import ValidationError
+
+    try:
+        # Init kwargs beat env in pydantic-settings; we want env to beat the file, so validate the file first
+        # and let fields that are set in the environment win.
+        file_settings = ServerSettings.model_validate({**data})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        raise ConfigFileError(path, error_line(lines, loc), f"{'.'.join(map(str, loc))}: {err['msg']}") from exc
+    env_settings = ServerSettings()
+    merged = file_settings.model_dump()
+    merged.update({k: getattr(env_settings, k) for k in env_settings.model_fields_set})
+    merged.update(overrides)
+    return ServerSettings.model_validate(merged)
