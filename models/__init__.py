@@ -1,0 +1,1 @@
+"""Offline model tooling: synthetic data (synth), evaluation (eval), training and export."""

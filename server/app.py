@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server import __version__
-from server.api import cards, health
+from server import metrics, security
+from server.api import cards, fleet, health
+from server.api import collections, prices, review, users
 from server.config import ServerSettings
 from server.db.session import Database
 
@@ -32,6 +34,17 @@ def create_app(settings: ServerSettings | None = None, db: Database | None = Non
     )
     app.state.settings = settings
     app.state.db = db
-    for module in (health, cards):
+    for module in (health, cards, fleet):
         app.include_router(module.router)
+    for module in (collections, users, review, prices, metrics):
+        app.include_router(module.router)
+    # Web page (server-rendered) + static files + catalog images.
+    from server.web import routes as web
+
+    web.install(app)
+    # Middleware: added last runs first. Metrics wrap everything so 429s and 413s are timed too.
+    security.install(app, settings, db)
+    app.add_middleware(metrics.MetricsMiddleware)
+    if settings.log_json:
+        security.configure_json_logging()
     return app

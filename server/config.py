@@ -58,6 +58,30 @@ class SecuritySettings(BaseModel):
     metrics_public: bool = Field(True, description="Serve /metrics without a token (scrapers on a private network).")
 
 
+class ResolverSettings(BaseModel):
+    """Server-side resolution of ambiguous scans (server/resolver): model, catalog, index, thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(True, description="Resolve ambiguous scans on the server (off: they wait for review).")
+    catalog_dir: Path = Field(Path("var/catalog"), description="Rendered catalog faces <card_id>.jpg + index.jsonl "
+                              "(python -m models.synth catalog); embedded into the index and used for verification.")
+    checkpoint: Path | None = Field(None, description="Compact server-model checkpoint; default "
+                                    "models/server_model/checkpoints/scanemon-tiny-vit.pt.")
+    model_name: str | None = Field(None, description="open_clip architecture instead of our checkpoint, e.g. ViT-B-32.")
+    pretrained: str | None = Field(None, description="With model_name: open_clip hub tag or local checkpoint file.")
+    calibration: Path | None = Field(None, description="Confidence calibration JSON; default "
+                                     "models/server_model/checkpoints/resolver_calibration.json.")
+    index_kind: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="FAISS index: auto = exact up "
+                                                               "to 200k cards, IVF-SQ8 above.")
+    top_k: int = Field(10, ge=1, le=200, description="Embedding neighbours taken before verification.")
+    max_candidates: int = Field(24, ge=1, le=200, description="Most candidates verified geometrically per scan.")
+    accept_confidence: float = Field(0.9, ge=0, le=1, description="Calibrated confidence needed to resolve; "
+                                     "below it the scan goes to the review queue.")
+    ocr: bool = Field(True, description="Read the collector number with Tesseract as a tie-breaker when installed.")
+    worker_poll_s: float = Field(2.0, gt=0, description="Resolver worker: seconds between polls for pending scans.")
+    worker_batch: int = Field(16, ge=1, description="Resolver worker: pending scans claimed per poll.")
+
+
 class ServerSettings(BaseSettings):
     """Everything the server needs. Defaults give the embedded one-box setup (SQLite + amqtt)."""
 
@@ -74,6 +98,7 @@ class ServerSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (empty: same-origin only).")
     log_json: bool = Field(False, description="Structured JSON logs.")
     security: SecuritySettings = Field(default_factory=SecuritySettings, description="Rate limits, uploads, sessions, headers.")
+    resolver: ResolverSettings = Field(default_factory=ResolverSettings, description="Server resolver of ambiguous scans.")
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServerSettings:

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.synth.render import build_set_index, render_card
+from models.synth.render import render_card
 
 
 def grid(images: list[np.ndarray], captions: list[str], cell: tuple[int, int], cols: int) -> np.ndarray:
@@ -66,4 +66,4 @@ def captures_sheet(captures_dir: str | Path, rows: list[dict], out: str | Path, 
     return out
 
 
-__all__ = ["build_set_index", "captures_sheet", "draw_labels", "grid", "printings_sheet"]
+__all__ = ["captures_sheet", "draw_labels", "grid", "printings_sheet"]

@@ -1,0 +1,337 @@
+"""Card detection: frame → card quads (TL, TR, BR, BL of each card, frame pixels).
+
+Two detectors behind one interface:
+
+* ``TFLiteDetector``: a small int8 CNN on a letterboxed 160×120 frame predicts three 40×30 maps — card face,
+  shrunken "kernel" of each card (separates touching and overlapping cards) and top half (orientation).
+  Each kernel component becomes a quad (hull → 4 corners), scaled back up about its centre (the kernel
+  is the quad shrunk by ``KERNEL_SHRINK``; scaling is affine, so this is exact under perspective), put
+  upright with the top map, then snapped to the card's edges in the full-resolution frame.
+* ``ContourDetector``: classical (Canny → contours → convex 4-gons with a card's aspect). No model needed:
+  the fallback when a bundle has no detector, and a cross-check (``CombinedDetector``) when the CNN sees
+  nothing.
+
+``quality_gate`` then says whether a detection is good enough to identify, and if not, why:
+``too_small``, ``partially_out_of_view``, ``occluded``, ``too_blurry``, ``glare``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from device.vision.geometry import CARD_ASPECT, order_quad, portrait_quad
+
+INPUT_SIZE = (160, 120)  # (W, H) of the detector input
+OUTPUT_STRIDE = 4
+KERNEL_SHRINK = 0.6
+REJECT_REASONS = ("no_card", "too_small", "partially_out_of_view", "occluded", "too_blurry", "glare")
+
+
+def letterbox(frame: np.ndarray, size: tuple[int, int] = INPUT_SIZE) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping the aspect and pad (grey) to ``size``. Returns (image, scale, (offx, offy)) with
+    input = frame * scale + off."""
+    h, w = frame.shape[:2]
+    W, H = size
+    s = min(W / w, H / h)
+    nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+    ox, oy = (W - nw) // 2, (H - nh) // 2
+    out = np.full((H, W, 3), 114, np.uint8)
+    out[oy:oy + nh, ox:ox + nw] = img
+    return out, s, (float(ox), float(oy))
+
+
+@dataclass
+class Detection:
+    quad: np.ndarray  # (4, 2) float32 TL, TR, BR, BL of the card, frame pixels
+    score: float = 1.0
+    source: str = "cnn"  # cnn | contour
+    solidity: float = 1.0  # kernel area / area of its fitted quad (low = occluded / odd shape)
+    info: dict = field(default_factory=dict)
+
+
+class Detector(abc.ABC):
+    @abc.abstractmethod
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Card quads in ``frame`` (BGR uint8), biggest first."""
+
+
+# ----------------------------------------------------------------------------------------- quad helpers
+
+
+def hull_quad(points: np.ndarray) -> np.ndarray | None:
+    """Best 4-corner approximation of a point set's convex hull."""
+    hull = cv2.convexHull(points.astype(np.float32).reshape(-1, 1, 2))
+    if len(hull) < 4:
+        return None
+    peri = cv2.arcLength(hull, True)
+    for eps in (0.02, 0.04, 0.06, 0.08, 0.12):
+        ap = cv2.approxPolyDP(hull, eps * peri, True)
+        if len(ap) == 4:
+            return ap.reshape(4, 2).astype(np.float32)
+        if len(ap) < 4:
+            break
+    return cv2.boxPoints(cv2.minAreaRect(hull)).astype(np.float32)
+
+
+def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.035, samples: int = 14) -> np.ndarray:
+    """Snap each side of ``quad`` to the strongest nearby edge of ``gray`` (full resolution) and intersect
+    the fitted lines. Keeps the input when the edges are weak or the result degenerates."""
+    q = np.asarray(quad, np.float32)
+    size = 0.5 * (np.linalg.norm(q[2] - q[0]) + np.linalg.norm(q[3] - q[1]))
+    r = max(3.0, search * size)
+    offs = np.linspace(-r, r, int(2 * r) + 1, dtype=np.float32)
+    ts = np.linspace(0.12, 0.88, samples, dtype=np.float32)
+    c = q.mean(0)
+    lines = []
+    for i in range(4):
+        a, b = q[i], q[(i + 1) % 4]
+        d = b - a
+        ln = float(np.linalg.norm(d))
+        if ln < 4:
+            return q
+        d /= ln
+        n = np.array([d[1], -d[0]], np.float32)
+        if np.dot(n, (a + b) / 2 - c) < 0:
+            n = -n  # outward
+        pts = a[None, :] + ts[:, None] * (b - a)[None, :]
+        grid = pts[:, None, :] + offs[None, :, None] * n[None, None, :]  # samples × offsets × 2
+        vals = cv2.remap(gray, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        grad = np.abs(np.diff(vals, axis=1))
+        k = grad.argmax(1)
+        strength = grad[np.arange(len(k)), k]
+        good = strength > max(8.0, 0.5 * float(np.median(strength)))
+        if good.sum() < 4:
+            lines.append(None)
+            continue
+        o = (offs[k] + offs[k + 1]) / 2
+        p = pts + o[:, None] * n[None, :]
+        p = p[good]
+        vx, vy, x0, y0 = cv2.fitLine(p.reshape(-1, 1, 2), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+    out = q.copy()
+    for i in range(4):
+        l1, l2 = lines[(i - 1) % 4], lines[i]  # corner i joins side i-1 and side i
+        if l1 is None or l2 is None:
+            continue
+        (p1, d1), (p2, d2) = l1, l2
+        den = d1[0] * d2[1] - d1[1] * d2[0]
+        if abs(den) < 1e-3:
+            continue
+        t = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
+        x = p1 + t * d1
+        if np.linalg.norm(x - q[i]) <= 2.5 * r:
+            out[i] = x
+    if not cv2.isContourConvex(out.reshape(-1, 1, 2)) or abs(cv2.contourArea(out)) < 0.7 * abs(cv2.contourArea(q)):
+        return q
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.ndarray | None = None,
+                kernel_thresh: float = 0.5, min_cells: int = 3) -> list[Detection]:
+    """maps: [3, h, w] probabilities (face, kernel, top) at the detector output resolution."""
+    _, h, w = maps.shape
+    up = OUTPUT_STRIDE  # work at input resolution: sub-cell accuracy from the interpolated probabilities
+    kern = cv2.resize(maps[1], (w * up, h * up), interpolation=cv2.INTER_LINEAR)
+    top = cv2.resize(maps[2], (w * up, h * up), interpolation=cv2.INTER_LINEAR)
+    binm = (kern > kernel_thresh).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(binm, connectivity=4)
+    dets: list[Detection] = []
+    for j in range(1, n):
+        if stats[j, cv2.CC_STAT_AREA] < min_cells * up * up:
+            continue
+        ys, xs = np.nonzero(lab == j)
+        pts = np.stack([xs, ys], 1).astype(np.float32) + 0.5
+        kq = hull_quad(pts)
+        if kq is None:
+            continue
+        karea = abs(cv2.contourArea(kq))
+        solidity = float(len(xs) / karea) if karea > 0 else 0.0
+        c = kq.mean(0)
+        quad_in = c + (kq - c) / KERNEL_SHRINK
+        quad = (quad_in - np.array(off, np.float32)) / s  # input → frame pixels
+        quad = portrait_quad(order_quad(quad))
+        # orientation: which half carries the "top" probability
+        qi = quad * s + np.array(off, np.float32)
+        t_half = np.array([qi[0], qi[1], (qi[1] + qi[2]) / 2, (qi[0] + qi[3]) / 2])
+        b_half = np.array([(qi[0] + qi[3]) / 2, (qi[1] + qi[2]) / 2, qi[2], qi[3]])
+        mt = _poly_mean(top, t_half)
+        mb = _poly_mean(top, b_half)
+        if mb > mt:
+            quad = np.roll(quad, 2, axis=0)
+        score = float(kern[lab == j].mean())
+        if gray is not None:
+            quad = refine_quad(gray, quad)
+        dets.append(Detection(quad.astype(np.float32), score, "cnn", min(1.0, solidity),
+                              {"top_margin": round(float(abs(mt - mb)), 3)}))
+    dets.sort(key=lambda d: -abs(cv2.contourArea(d.quad)))
+    return dets
+
+
+def _poly_mean(img: np.ndarray, poly: np.ndarray) -> float:
+    m = np.zeros(img.shape, np.uint8)
+    cv2.fillConvexPoly(m, np.round(poly).astype(np.int32), 1)
+    s = m.sum()
+    return float((img * m).sum() / s) if s else 0.0
+
+
+# ----------------------------------------------------------------------------------------- detectors
+
+
+class TFLiteDetector(Detector):
+    """The bundle's int8 CNN (``detector.tflite``)."""
+
+    def __init__(self, model_path: str, num_threads: int | None = None, kernel_thresh: float = 0.5,
+                 refine: bool = True):
+        from device.vision.runtime import TFLiteModel
+
+        self.model = TFLiteModel(model_path, num_threads)
+        self.kernel_thresh = kernel_thresh
+        self.refine = refine
+
+    def maps(self, frame: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
+        x, s, off = letterbox(frame)
+        rgb = x[..., ::-1]
+        out = self.model.run([rgb[None].astype(np.float32) / 255.0])[0]  # [1, h, w, 3] or [1, 3, h, w]
+        out = out[0]
+        if out.shape[-1] == 3 and out.shape[0] != 3:
+            out = out.transpose(2, 0, 1)
+        return _sigmoid(out.astype(np.float32)), s, off
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        maps, s, off = self.maps(frame)
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if self.refine else None
+        return decode_maps(maps, s, off, gray, self.kernel_thresh)
+
+
+class ContourDetector(Detector):
+    """Classical: edges → external contours → convex quadrilaterals with a card's aspect ratio."""
+
+    def __init__(self, min_area_frac: float = 0.01, work_width: int = 480):
+        self.min_area_frac = min_area_frac
+        self.work_width = work_width
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        h, w = frame.shape[:2]
+        f = min(1.0, self.work_width / w)
+        small = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else frame
+        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        gray = cv2.GaussianBlur(gray, (5, 5), 0)
+        v = float(np.median(gray))
+        edges = cv2.Canny(gray, max(10, int(0.5 * v)), min(255, int(1.3 * v) + 20))
+        edges = cv2.dilate(edges, np.ones((3, 3), np.uint8))
+        contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        min_area = self.min_area_frac * small.shape[0] * small.shape[1]
+        dets: list[Detection] = []
+        for c in contours:
+            area = cv2.contourArea(c)
+            if area < min_area:
+                continue
+            hull = cv2.convexHull(c)
+            ap = cv2.approxPolyDP(hull, 0.03 * cv2.arcLength(hull, True), True)
+            if len(ap) != 4:
+                continue
+            q = ap.reshape(4, 2).astype(np.float32) / f
+            q = portrait_quad(order_quad(q))
+            if not _card_like(q):
+                continue
+            if cv2.contourArea(hull) > 0 and area / cv2.contourArea(hull) < 0.5:
+                continue
+            dets.append(Detection(q, 0.5, "contour"))
+        return nms(dets)
+
+
+def _card_like(q: np.ndarray, tol: float = 0.3) -> bool:
+    wd = 0.5 * (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
+    ht = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    if ht <= 0:
+        return False
+    return abs(wd / ht - CARD_ASPECT) < tol * CARD_ASPECT * 1.5
+
+
+def nms(dets: list[Detection], iou: float = 0.5) -> list[Detection]:
+    from device.vision.geometry import quad_iou
+
+    dets = sorted(dets, key=lambda d: (-d.score, -abs(cv2.contourArea(d.quad))))
+    keep: list[Detection] = []
+    for d in dets:
+        if all(quad_iou(d.quad, k.quad) < iou for k in keep):
+            keep.append(d)
+    keep.sort(key=lambda d: -abs(cv2.contourArea(d.quad)))
+    return keep
+
+
+class CombinedDetector(Detector):
+    """CNN first; the contour detector cross-checks when the CNN finds nothing (or there is no CNN)."""
+
+    def __init__(self, cnn: Detector | None, contour: Detector | None = None):
+        self.cnn = cnn
+        self.contour = contour or ContourDetector()
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        if self.cnn is not None:
+            dets = self.cnn.detect(frame)
+            if dets:
+                return dets
+        return self.contour.detect(frame)
+
+
+# ----------------------------------------------------------------------------------------- quality gate
+
+
+@dataclass
+class GateConfig:
+    min_card_height_px: float = 90.0  # too_small below this (the footer is unreadable)
+    border_margin_px: float = 2.0  # corners this close to / outside the frame edge: partially_out_of_view
+    min_solidity: float = 0.75  # kernel fills its quad less than this: occluded
+    min_sharpness: float = 12.0  # variance of the Laplacian of the grey crop: too_blurry below
+    max_glare_frac: float = 0.12  # fraction of blown-out (near-white, unsaturated) pixels: glare above
+
+
+def card_height(quad: np.ndarray) -> float:
+    q = np.asarray(quad, np.float32)
+    return float(0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])))
+
+
+def geometry_reject(det: Detection, frame_shape: tuple[int, ...], cfg: GateConfig) -> str | None:
+    h, w = frame_shape[:2]
+    q = det.quad
+    m = cfg.border_margin_px
+    if (q[:, 0] < -m).any() or (q[:, 1] < -m).any() or (q[:, 0] > w - 1 + m).any() or (q[:, 1] > h - 1 + m).any():
+        return "partially_out_of_view"
+    if card_height(q) < cfg.min_card_height_px:
+        return "too_small"
+    if det.solidity < cfg.min_solidity:
+        return "occluded"
+    return None
+
+
+def sharpness(crop: np.ndarray) -> float:
+    g = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    g = cv2.resize(g, (96, 134), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(g, cv2.CV_32F).var())
+
+
+def glare_fraction(crop: np.ndarray) -> float:
+    hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
+    blown = (hsv[..., 2] >= 245) & (hsv[..., 1] <= 40)
+    return float(blown.mean())
+
+
+def crop_reject(crop: np.ndarray, cfg: GateConfig) -> tuple[str | None, dict]:
+    sh, gl = sharpness(crop), glare_fraction(crop)
+    info = {"sharpness": round(sh, 1), "glare": round(gl, 3)}
+    if sh < cfg.min_sharpness:
+        return "too_blurry", info
+    if gl > cfg.max_glare_frac:
+        return "glare", info
+    return None, info

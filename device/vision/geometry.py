@@ -1,0 +1,102 @@
+"""Card geometry shared by the device and the training code: one definition of the canonical crop.
+
+The detector returns a quad (TL, TR, BR, BL of the card itself, frame pixels). ``rectify`` warps it to the
+canonical crop (``CANONICAL_SIZE``, 63:88); ``embedder_views`` cuts the two embedder inputs out of it:
+
+* ``global``: the whole card at ``GLOBAL_SIZE`` (art, layout, name);
+* ``strip``: the footer band (set symbol, collector number, rarity mark) at a higher resolution, so
+  reprints that share the artwork still separate.
+
+Training (``models/embedder``) builds its samples with these very functions, so what the embedder sees in
+training and on the device cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+CARD_ASPECT = 63.0 / 88.0
+#: (W, H) of the rectified card crop (also the crop shipped with ambiguous scans).
+CANONICAL_SIZE = (192, 268)
+#: (W, H) of the embedder's whole-card input.
+GLOBAL_SIZE = (96, 128)
+#: (W, H) of the embedder's footer-strip input.
+STRIP_SIZE = (192, 32)
+#: The footer strip is this band of the card height (all layouts print number + rarity here).
+STRIP_Y = (0.865, 1.0)
+
+
+def order_quad(quad: np.ndarray) -> np.ndarray:
+    """Order 4 points clockwise starting at the top-left-most one (image coordinates)."""
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    c = q.mean(0)
+    ang = np.arctan2(q[:, 1] - c[1], q[:, 0] - c[0])
+    q = q[np.argsort(ang)]  # clockwise in image coordinates (y down)
+    start = int(np.argmin(q.sum(1)))
+    return np.roll(q, -start, axis=0)
+
+
+def portrait_quad(quad: np.ndarray) -> np.ndarray:
+    """Rotate the point order so TL→TR is a short side (cards are portrait)."""
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    top = np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])
+    side = np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])
+    return np.roll(q, -1, axis=0) if top > side else q
+
+
+def card_homography(quad: np.ndarray, size: tuple[int, int] = CANONICAL_SIZE) -> np.ndarray:
+    w, h = size
+    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    return cv2.getPerspectiveTransform(np.asarray(quad, np.float32).reshape(4, 2), dst)
+
+
+def rectify(frame: np.ndarray, quad: np.ndarray, size: tuple[int, int] = CANONICAL_SIZE) -> np.ndarray:
+    """Warp the card under ``quad`` (TL, TR, BR, BL of the card) to an upright ``size`` crop."""
+    hm = card_homography(quad, size)
+    # Area-average first when the card is much bigger than the crop: a linear warp that minifies aliases.
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    height = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    if height > 2.2 * size[1]:
+        f = 1.6 * size[1] / height
+        small = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        hm = card_homography(q * f, size)
+        frame = small
+    return cv2.warpPerspective(frame, hm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def embedder_views(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(global, strip) BGR uint8 views of a canonical crop (any size with the card's aspect)."""
+    h = crop.shape[0]
+    g = cv2.resize(crop, GLOBAL_SIZE, interpolation=cv2.INTER_AREA)
+    y0 = int(round(STRIP_Y[0] * h))
+    band = crop[y0:int(round(STRIP_Y[1] * h))]
+    interp = cv2.INTER_AREA if band.shape[1] > STRIP_SIZE[0] else cv2.INTER_LINEAR
+    s = cv2.resize(band, STRIP_SIZE, interpolation=interp)
+    return g, s
+
+
+def quad_iou_box(quad: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    """IoU between the axis-aligned bounding box of ``quad`` and ``box`` (x0, y0, x1, y1)."""
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    a = (float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max()))
+    return box_iou(a, box)
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two convex quads (polygon intersection)."""
+    pa = np.asarray(a, np.float32).reshape(4, 2)
+    pb = np.asarray(b, np.float32).reshape(4, 2)
+    area_a, area_b = abs(cv2.contourArea(pa)), abs(cv2.contourArea(pb))
+    if area_a <= 0 or area_b <= 0:
+        return 0.0
+    inter, _ = cv2.intersectConvexConvex(cv2.convexHull(pa), cv2.convexHull(pb))
+    return float(inter / (area_a + area_b - inter)) if inter > 0 else 0.0

@@ -1,0 +1,164 @@
+"""Detector training data: simulated captures (exact quads) + the real playing-card photos' TRAIN split
+(axis-aligned boxes only: weak supervision), as letterboxed 160×120 inputs with 40×30 target maps.
+
+Targets (``device.vision.detector`` decodes the same three channels):
+  0 face   – visible card face (any card)
+  1 kernel – the card quad shrunk about its centre by ``KERNEL_SHRINK``; separates touching/overlapping
+             cards; a quad is recovered exactly by scaling the kernel quad back up (perspective-safe:
+             scaling about the vertex centroid is affine)
+  2 top    – the top half of each card face: tells a card from its 180°-rotated self
+Weights: 0 = ignore (ring around weak boxes, orientation of playing cards), 1 = use.
+
+Never reads the photos' test split: that is for ``models.detector.evaluate`` only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.vision.detector import INPUT_SIZE, KERNEL_SHRINK, OUTPUT_STRIDE, letterbox
+from models.synth.capture import CaptureConfig
+from models.synth.dataset import catalog_ids, make_frame
+
+OUT_SIZE = (INPUT_SIZE[0] // OUTPUT_STRIDE, INPUT_SIZE[1] // OUTPUT_STRIDE)
+PHOTOS = "/work/shared/data/TensorFlow-Object-Detection-API-Tutorial-Train-Multiple-Objects-Windows-10/images"
+
+
+def _fill(img: np.ndarray, quad: np.ndarray, value: int, scale: float) -> None:
+    cv2.fillConvexPoly(img, np.round(np.asarray(quad) * scale * 16).astype(np.int32), value, cv2.LINE_8, 4)
+
+
+def shrink(quad: np.ndarray, k: float = KERNEL_SHRINK) -> np.ndarray:
+    q = np.asarray(quad, np.float32)
+    c = q.mean(0)
+    return c + (q - c) * k
+
+
+def targets_from_quads(cards: list[dict], z_order: list[int], s: float, off: tuple[float, float],
+                       min_visible: float = 0.45) -> tuple[np.ndarray, np.ndarray]:
+    """cards: [{quad, visible}] in frame pixels; z_order: drawing order (bottom first); s/off map frame
+    pixels to detector-input pixels (letterbox)."""
+    ow, oh = OUT_SIZE
+    r = s / OUTPUT_STRIDE
+    face = np.zeros((oh, ow), np.uint8)
+    kern = np.zeros((oh, ow), np.uint8)
+    top = np.zeros((oh, ow), np.uint8)
+    for i in z_order:
+        q = np.asarray(cards[i]["quad"], np.float32) + np.array(off, np.float32) / s
+        _fill(face, q, 1, r)
+        _fill(kern, q, 0, r)
+        _fill(top, q, 0, r)
+        if cards[i].get("visible", 1.0) >= min_visible:
+            _fill(kern, shrink(q), 1, r)
+        half = np.array([q[0], q[1], (q[1] + q[2]) / 2, (q[0] + q[3]) / 2])
+        _fill(top, half, 1, r)
+    y = np.stack([face, kern, top])
+    return y, np.ones_like(y)
+
+
+def sim_item(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    catalog_dir, ids, seed, index, cfg = args
+    frame, labels = make_frame(catalog_dir, ids, seed, index, cfg)
+    x, s, off = letterbox(frame)
+    z = [c["index"] for c in labels["params"]["cards"]]
+    y, w = targets_from_quads(labels["cards"], z, s, off)
+    return x, y, w
+
+
+def photo_boxes(split: str = "train") -> dict[str, list[tuple[float, float, float, float]]]:
+    assert split == "train" or split == "test"
+    by: dict[str, list] = defaultdict(list)
+    with open(Path(PHOTOS) / f"{split}_labels.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            by[r["filename"]].append(tuple(float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+    return dict(by)
+
+
+def photo_item(path: Path, boxes: list, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real photo with box supervision, randomly cropped/flipped/recoloured."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    b = np.array(boxes, np.float32)
+    # random crop keeping all boxes (scale augmentation)
+    x0 = rng.uniform(0, max(1e-3, b[:, 0].min())) * rng.uniform(0, 1)
+    y0 = rng.uniform(0, max(1e-3, b[:, 1].min())) * rng.uniform(0, 1)
+    x1 = w - rng.uniform(0, max(1e-3, w - b[:, 2].max())) * rng.uniform(0, 1)
+    y1 = h - rng.uniform(0, max(1e-3, h - b[:, 3].max())) * rng.uniform(0, 1)
+    img = img[int(y0):int(y1), int(x0):int(x1)]
+    b = b - [int(x0), int(y0), int(x0), int(y0)]
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+        W = img.shape[1]
+        b = np.stack([W - b[:, 2], b[:, 1], W - b[:, 0], b[:, 3]], 1)
+    if rng.random() < 0.5:  # rotate 90° counter-clockwise: cards lie both ways; (x, y) -> (y, W - x)
+        w_old = img.shape[1]
+        img = np.rot90(img)
+        b = np.stack([b[:, 1], w_old - b[:, 2], b[:, 3], w_old - b[:, 0]], 1)
+    img = np.ascontiguousarray(img)
+    x = img.astype(np.float32) * rng.uniform(0.7, 1.2) * rng.uniform(0.9, 1.1, 3)
+    img = np.clip(x, 0, 255).astype(np.uint8)
+    xin, s, off = letterbox(img)
+    ow, oh = OUT_SIZE
+    r = s / OUTPUT_STRIDE
+    face = np.zeros((oh, ow), np.uint8)
+    kern = np.zeros((oh, ow), np.uint8)
+    wt = np.ones((3, oh, ow), np.uint8)
+    wt[2] = 0  # playing cards look the same both ways up: no orientation supervision
+    for bx in b:
+        q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + np.array(off) / s
+        _fill(face, q, 1, r)
+        _fill(kern, shrink(q), 1, r)
+        # ignore a ring around the box edge: the box is axis-aligned, the card may not be
+        ring = np.zeros_like(face)
+        cv2.polylines(ring, [np.round(q * r * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
+        wt[0][ring > 0] = 0
+        ring = np.zeros_like(face)
+        cv2.polylines(ring, [np.round(shrink(q) * r * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
+        wt[1][ring > 0] = 0
+    y = np.stack([face, kern, np.zeros_like(face)])
+    return xin, y, wt
+
+
+def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6) -> dict:
+    t0 = time.time()
+    ids = catalog_ids(catalog_dir)
+    base = CaptureConfig(size=(320, 240))
+    cfgs = [base.model_copy(update={"mode": "free"}), base.model_copy(update={"mode": "grid"}),
+            base.model_copy(update={"mode": "scanner_box"})]
+    # free 55 % (with neighbours), grid 30 %, scanner box 15 %
+    mode_of = lambda i: cfgs[0] if i % 20 < 11 else (cfgs[1] if i % 20 < 17 else cfgs[2])
+    jobs = [(catalog_dir, ids, seed, i, mode_of(i)) for i in range(n)]
+    with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        items = pool.map(sim_item, jobs, chunksize=32)
+    rng = np.random.default_rng(seed)
+    boxes = photo_boxes("train")
+    for _ in range(photo_repeats):
+        for name, bxs in sorted(boxes.items()):
+            items.append(photo_item(Path(PHOTOS) / "train" / name, bxs, rng))
+    X = np.stack([i[0] for i in items])
+    Y = np.stack([i[1] for i in items])
+    Wt = np.stack([i[2] for i in items])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, x=X, y=Y, w=Wt, n_sim=n)
+    return {"n": len(items), "n_sim": n, "seconds": round(time.time() - t0, 1)}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+    print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers)))

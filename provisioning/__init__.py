@@ -1,0 +1,1 @@
+"""Fleet provisioning: signing keys, device credentials, broker config/ACLs, first-boot files (scanemon-provision)."""

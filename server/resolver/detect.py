@@ -1,0 +1,120 @@
+"""Whole-photo uploads: find card quads and rectify them (server side, classical CV).
+
+Uses the device vision engineer's detector (``device.vision``) when that package exists; otherwise this
+contour detector: edges + contours -> convex quadrilaterals with a card-like aspect. An image that is
+already a crop (one card filling the frame) yields a single quad = the image corners.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RECT_SIZE = (360, 504)  # (W, H) of a rectified card face, as the catalog renders
+CARD_ASPECT = 63.0 / 88.0
+
+
+def order_quad(pts: np.ndarray) -> np.ndarray:
+    """TL, TR, BR, BL with the card upright-ish (portrait: the short edges are top and bottom)."""
+    pts = np.asarray(pts, np.float32).reshape(4, 2)
+    c = pts.mean(0)
+    ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
+    pts = pts[np.argsort(ang)]  # clockwise in image coordinates, starting near -180°
+    # Start at the corner with the smallest x + y, then make edge 0 (TL->TR) a short edge.
+    start = int(np.argmin(pts.sum(1)))
+    pts = np.roll(pts, -start, axis=0)
+    e0 = np.linalg.norm(pts[1] - pts[0])
+    e1 = np.linalg.norm(pts[2] - pts[1])
+    if e0 > e1:
+        pts = np.roll(pts, -1, axis=0)
+    return pts
+
+
+def rectify(img: np.ndarray, quad: np.ndarray, size: tuple[int, int] = RECT_SIZE) -> np.ndarray:
+    w, h = size
+    dst = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    M = cv2.getPerspectiveTransform(np.asarray(quad, np.float32), dst)
+    return cv2.warpPerspective(img, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _looks_like_crop(img: np.ndarray) -> bool:
+    h, w = img.shape[:2]
+    a = min(w, h) / max(w, h)
+    return abs(a - CARD_ASPECT) < 0.08
+
+
+def detect_quads(img: np.ndarray, max_cards: int = 9, min_area_frac: float = 0.03) -> list[np.ndarray]:
+    """Card quads (TL, TR, BR, BL, image pixels), largest first."""
+    h, w = img.shape[:2]
+    s = 640.0 / max(h, w) if max(h, w) > 640 else 1.0
+    small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    gray = cv2.GaussianBlur(gray, (5, 5), 0)
+    area_img = small.shape[0] * small.shape[1]
+    found: list[tuple[float, np.ndarray]] = []
+    for lo, hi in ((30, 90), (60, 160)):
+        edges = cv2.dilate(cv2.Canny(gray, lo, hi), np.ones((3, 3), np.uint8))
+        contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        for cnt in contours:
+            area = cv2.contourArea(cnt)
+            if area < min_area_frac * area_img:
+                continue
+            hull = cv2.convexHull(cnt)
+            approx = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True)
+            if len(approx) != 4:
+                continue
+            q = order_quad(approx.reshape(4, 2))
+            sw = (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])) / 2
+            sh = (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])) / 2
+            if sh <= 0 or not 0.5 < sw / sh < 0.95:
+                continue
+            found.append((cv2.contourArea(q), q / s))
+    found.sort(key=lambda t: -t[0])
+    out: list[np.ndarray] = []
+    for _, q in found:  # non-maximum suppression on centres
+        c = q.mean(0)
+        size = np.linalg.norm(q[2] - q[0])
+        if all(np.linalg.norm(c - o.mean(0)) > 0.3 * size for o in out):
+            out.append(q)
+        if len(out) >= max_cards:
+            break
+    return out
+
+
+def find_cards(img: np.ndarray, max_cards: int = 9) -> list[np.ndarray]:
+    """Quads for an upload: detected cards, or the whole image when it is itself a crop."""
+    h, w = img.shape[:2]
+    whole = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    if w > h and _looks_like_crop(img):  # a landscape crop: the card lies on its side
+        whole = np.roll(whole, -1, axis=0)
+    quads = _device_detector(img)
+    if quads is None:
+        quads = detect_quads(img, max_cards)
+    if _looks_like_crop(img) and (not quads or cv2.contourArea(quads[0]) > 0.6 * h * w):
+        return [whole]
+    return quads or ([whole] if _looks_like_crop(img) else [])
+
+
+def _device_detector(img: np.ndarray):
+    """device.vision's classical detector when it is there (the same quads the Pi would see)."""
+    try:
+        from device.vision import detect as dv  # type: ignore
+    except ImportError:
+        return None
+    try:
+        fn = getattr(dv, "detect_quads", None) or getattr(dv, "detect", None)
+        if fn is None:
+            return None
+        res = fn(img)
+        quads = [np.asarray(getattr(r, "quad", r), np.float32).reshape(4, 2) for r in res]
+        return quads
+    except Exception as exc:  # their API may differ or change: fall back to ours
+        log.debug("device.vision detector unusable (%s); using the contour detector", exc)
+        return None
+
+
+__all__ = ["RECT_SIZE", "detect_quads", "find_cards", "order_quad", "rectify"]

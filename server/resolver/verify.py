@@ -1,0 +1,264 @@
+"""Geometric and region verification of a rectified crop against candidate catalog images.
+
+Why: an embedding puts reprints of one illustration on top of each other (same art pixels), and the device
+only sends us scans it could not tell apart. What separates them is small and local: set symbol,
+collector number, border, finish. So each candidate gets
+
+* **geometric evidence**: ORB keypoints + ratio test + RANSAC homography; inlier count and ratio. This
+  rejects candidates whose art does not match and gives a precise query->candidate alignment;
+* **region evidence** on the aligned crop, after local contrast normalisation (robust to exposure, colour
+  cast and lighting gradients):
+  - *differential regions*: for every pair of close contenders (a, b) the pixels where a's and b's catalog
+    images differ; within that mask the crop is correlated with a and with b, and the difference is a's
+    pairwise win. This is exactly "told apart by the regions that differ", for any layout;
+  - *fixed zones*: the footer strip (set symbol, collector number, rarity) and the lower-right corner of
+    the art window (vintage symbol), normalised cross-correlation per candidate;
+  - optional *OCR* of the collector number in the footer (Tesseract via pytesseract when installed).
+
+All images are compared at ``CANON`` = (W, H) = (240, 336) (2.5:3.5), the catalog renders' aspect.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CANON = (240, 336)
+# Zones in fractions of (W, H): footer strip with symbol/number/rarity; vintage set symbol under the art.
+ZONES = {"footer": (0.0, 0.86, 1.0, 0.985), "art_corner": (0.70, 0.44, 0.93, 0.54)}
+
+
+def to_canon(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if (img.shape[1], img.shape[0]) == CANON:
+        return img
+    interp = cv2.INTER_AREA if img.shape[1] > CANON[0] else cv2.INTER_LINEAR
+    return cv2.resize(img, CANON, interpolation=interp)
+
+
+def normalise(gray: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    """Local contrast normalisation: (g - local mean) / local std; float32."""
+    g = gray.astype(np.float32)
+    mu = cv2.GaussianBlur(g, (0, 0), sigma)
+    d = g - mu
+    sd = np.sqrt(cv2.GaussianBlur(d * d, (0, 0), sigma)) + 4.0
+    return d / sd
+
+
+@dataclass
+class Features:
+    """ORB keypoints/descriptors + normalised gray image of one canonical card face."""
+
+    kp: np.ndarray  # (n, 2) float32 keypoint coordinates
+    des: np.ndarray | None  # (n, 32) uint8
+    norm: np.ndarray  # local-contrast-normalised gray, CANON size
+    gray: np.ndarray
+
+
+_orb = None
+
+
+def _detector():
+    global _orb
+    if _orb is None:
+        _orb = cv2.ORB_create(nfeatures=700, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=21,
+                              fastThreshold=10)
+    return _orb
+
+
+def extract(img: np.ndarray) -> Features:
+    c = to_canon(img)
+    gray = cv2.cvtColor(c, cv2.COLOR_BGR2GRAY)
+    kps, des = _detector().detectAndCompute(gray, None)
+    pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+    return Features(pts, des, normalise(cv2.GaussianBlur(gray, (0, 0), 0.8)), gray)
+
+
+class CatalogImages:
+    """card_id -> catalog image file; canonical features cached (LRU) so hot candidates cost nothing."""
+
+    def __init__(self, paths: dict[str, Path], cache_size: int = 4096):
+        self.paths = {k: Path(v) for k, v in paths.items()}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Features] = OrderedDict()
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, **kw) -> "CatalogImages":
+        return cls({p.stem: p for p in Path(folder).glob("*.jpg")}, **kw)
+
+    def __contains__(self, card_id: str) -> bool:
+        return card_id in self.paths
+
+    def image(self, card_id: str) -> np.ndarray:
+        img = cv2.imread(str(self.paths[card_id]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"catalog image unreadable: {self.paths[card_id]}")
+        return img
+
+    def features(self, card_id: str) -> Features:
+        f = self._cache.get(card_id)
+        if f is not None:
+            self._cache.move_to_end(card_id)
+            return f
+        f = extract(self.image(card_id))
+        self._cache[card_id] = f
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return f
+
+
+_matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+
+
+@dataclass
+class Geometric:
+    inliers: int = 0
+    matches: int = 0
+    H: np.ndarray | None = None  # query -> candidate (canonical pixels)
+
+    @property
+    def ratio(self) -> float:
+        return self.inliers / self.matches if self.matches else 0.0
+
+
+def geometric(q: Features, c: Features, ratio: float = 0.8, reproj_px: float = 4.0) -> Geometric:
+    """ORB ratio-test matches and RANSAC homography inliers of the query against one candidate."""
+    if q.des is None or c.des is None or len(q.des) < 8 or len(c.des) < 8:
+        return Geometric()
+    knn = _matcher.knnMatch(q.des, c.des, k=2)
+    good = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if len(good) < 8:
+        return Geometric(0, len(good))
+    src = q.kp[[m.queryIdx for m in good]]
+    dst = c.kp[[m.trainIdx for m in good]]
+    H, mask = cv2.findHomography(src, dst, cv2.RANSAC, reproj_px, maxIters=500, confidence=0.99)
+    if H is None or mask is None:
+        return Geometric(0, len(good))
+    return Geometric(int(mask.sum()), len(good), H if _sane(H) else None)
+
+
+def _sane(H: np.ndarray) -> bool:
+    """A rectified crop vs a catalog face: the mapping is close to a similarity of the whole card."""
+    corners = np.array([[0, 0], [CANON[0], 0], [CANON[0], CANON[1]], [0, CANON[1]]], np.float32).reshape(-1, 1, 2)
+    try:
+        warped = cv2.perspectiveTransform(corners, H).reshape(-1, 2)
+    except cv2.error:
+        return False
+    area = abs(cv2.contourArea(warped.astype(np.float32)))
+    return 0.5 < area / (CANON[0] * CANON[1]) < 2.0 and cv2.isContourConvex(warped.astype(np.float32))
+
+
+def align(q_img_norm: np.ndarray, H: np.ndarray | None) -> np.ndarray:
+    """The query's normalised image in the candidate's frame (identity when no trustworthy homography)."""
+    if H is None:
+        return q_img_norm
+    return cv2.warpPerspective(q_img_norm, H, CANON, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    if a.size < 16:
+        return 0.0
+    a = a - a.mean()
+    b = b - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / d) if d > 1e-6 else 0.0
+
+
+def zone_mask(zone: str) -> np.ndarray:
+    return _zone_mask(zone)
+
+
+@functools.lru_cache(maxsize=8)
+def _zone_mask(zone: str) -> np.ndarray:
+    x0, y0, x1, y1 = ZONES[zone]
+    m = np.zeros((CANON[1], CANON[0]), bool)
+    m[int(y0 * CANON[1]):int(y1 * CANON[1]), int(x0 * CANON[0]):int(x1 * CANON[0])] = True
+    return m
+
+
+def diff_mask(a: Features, b: Features, thresh: float = 0.25, min_px: int = 30) -> np.ndarray | None:
+    """Pixels where two catalog faces differ (dilated a little for alignment error), or None if identical."""
+    d = np.abs(cv2.GaussianBlur(a.gray, (0, 0), 1.5).astype(np.int16) - cv2.GaussianBlur(b.gray, (0, 0), 1.5).astype(np.int16))
+    m = (d > thresh * 255 * 0.5).astype(np.uint8)
+    if int(m.sum()) < min_px:
+        return None
+    m = cv2.dilate(m, np.ones((5, 5), np.uint8))
+    return m.astype(bool)
+
+
+def pairwise_region_scores(q_aligned: dict[str, np.ndarray], feats: dict[str, Features],
+                           contenders: list[str]) -> dict[str, float]:
+    """Mean pairwise win of each contender against the others within their differing pixels.
+
+    win(a, b) = NCC(q->a, a | D_ab) - NCC(q->b, b | D_ab), with q->x the query aligned to x. Positive means
+    the crop looks more like a than like b exactly where a and b differ.
+    """
+    out = {c: 0.0 for c in contenders}
+    if len(contenders) < 2:
+        return out
+    wins = {c: [] for c in contenders}
+    for i, a in enumerate(contenders):
+        for b in contenders[i + 1:]:
+            m = diff_mask(feats[a], feats[b])
+            if m is None:
+                continue  # identical faces (same image): nothing can tell them apart here
+            w = ncc(q_aligned[a], feats[a].norm, m) - ncc(q_aligned[b], feats[b].norm, m)
+            wins[a].append(w)
+            wins[b].append(-w)
+    return {c: (float(np.mean(v)) if v else 0.0) for c, v in wins.items()}
+
+
+# --- OCR (optional) ---------------------------------------------------------------------------------------
+
+_NUM_RE = re.compile(r"([A-Z]{0,4}\d{1,4})\s*/\s*([A-Z]{0,4}\d{1,4})")
+
+
+@functools.lru_cache(maxsize=1)
+def ocr_available() -> bool:
+    try:
+        import pytesseract  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("tesseract") is not None
+
+
+def ocr_numbers(crop: np.ndarray) -> list[str]:
+    """Collector numbers ('11', 'TG05') read from the footer strip; [] when OCR is absent or reads nothing."""
+    if not ocr_available():
+        return []
+    import pytesseract
+
+    c = to_canon(crop)
+    x0, y0, x1, y1 = ZONES["footer"]
+    strip = c[int(y0 * CANON[1]):int(y1 * CANON[1]), :]
+    g = cv2.cvtColor(strip, cv2.COLOR_BGR2GRAY)
+    g = cv2.resize(g, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    try:
+        text = pytesseract.image_to_string(g, config="--psm 6 -c tessedit_char_whitelist=0123456789/ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    except Exception as exc:  # a broken tesseract install must never break resolution
+        log.debug("OCR failed: %s", exc)
+        return []
+    return [m.group(1).lstrip("0") or "0" for m in _NUM_RE.finditer(text.upper())]
+
+
+def number_matches(read: list[str], number: str) -> bool:
+    n = (number or "").upper().lstrip("0") or "0"
+    return n in read
+
+
+__all__ = ["CANON", "CatalogImages", "Features", "Geometric", "ZONES", "align", "diff_mask", "extract", "geometric",
+           "ncc", "normalise", "number_matches", "ocr_available", "ocr_numbers", "pairwise_region_scores",
+           "to_canon", "zone_mask"]
