@@ -74,8 +74,9 @@ bench-faiss: setup
 bench-collection: setup
 	$(BIN)/python tests/bench/bench_collection.py
 
-eval: setup ## evaluation report under var/reports/eval/
-	$(BIN)/python -m models.eval
+EVAL_ARGS ?= --identifier hash --n 300 --seed 1
+eval: setup ## evaluation report under var/reports/eval/REPORT.md
+	$(BIN)/python -m models.eval $(EVAL_ARGS) --out var/reports/eval
 
 models: setup ## rebuild the device bundle from the catalog (trains; about an hour on 2 cores)
 	$(BIN)/python -m models.build_bundle --pokemon-tcg-data $(PTCG) --images $(SV1_IMAGES)

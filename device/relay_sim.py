@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-relay", action="store_true", help="only record (fill the outbox)")
     ap.add_argument("--exit-when-drained", action="store_true", help="exit once every scan is acked")
     ap.add_argument("--drain-timeout", type=float, default=600.0)
+    ap.add_argument("--latency-file", help="write every record→ack latency (seconds, JSON list) here at exit")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device_id": config.device_id, "recorded_this_run": recorded_here, "start_seq": start_seq,
               "last_seq": s.last_seq, "depth": s.depth, "refused": refused, "record_s": round(record_s, 3),
               "drained": drained, **(relay.stats.as_dict() if relay else {})}
+    if args.latency_file and relay is not None:
+        with open(args.latency_file, "w") as f:
+            json.dump(list(relay.stats.latencies), f)
     print(json.dumps(report), flush=True)
     outbox.close()
     return 0 if drained in (None, True) else 1

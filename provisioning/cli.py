@@ -432,6 +432,10 @@ def cmd_broker_config(args) -> int:
         if args.require_client_cert:
             tls += "require_certificate true\n"
     settings = fleet.settings()
+    if settings.broker.tls and not cert:
+        tls = ("# WARNING: fleet.yaml says devices connect with TLS, but no certificate was given:\n"
+               "# add certfile/keyfile here (or use init --with-ca, or --tls-cert/--tls-key).\n")
+        print("warning: devices expect TLS but no --tls-cert/--tls-key (or fleet CA) was given", file=sys.stderr)
     port = args.port or settings.broker.port
     conf = render("mosquitto.conf", pid_file=args.pid_file, port=port, bind=args.bind, local_port=args.local_port,
                   tls_conf=tls, persistence_dir=args.persistence_dir,

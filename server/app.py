@@ -11,6 +11,7 @@ from server import __version__
 from server import metrics, security
 from server.api import cards, fleet, health
 from server.api import collections, prices, review, users
+from server.api import identify as identify_api
 from server.config import ServerSettings
 from server.db.session import Database
 
@@ -38,6 +39,7 @@ def create_app(settings: ServerSettings | None = None, db: Database | None = Non
         app.include_router(module.router)
     for module in (collections, users, review, prices, metrics):
         app.include_router(module.router)
+    app.include_router(identify_api.router)  # server resolver (issue 6)
     # Web page (server-rendered) + static files + catalog images.
     from server.web import routes as web
 

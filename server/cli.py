@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("db", "catalog", "serve", "ingest", "identify", "users", "bundle", "collection", "migrate_db")
+COMMANDS = ("db", "catalog", "serve", "ingest", "identify", "resolver", "users", "bundle", "collection", "migrate_db")
 
 
 def build_parser() -> argparse.ArgumentParser:

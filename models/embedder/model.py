@@ -4,6 +4,12 @@
 * strip branch: the footer band at 192×32 → 64-d (set symbol, collector number, rarity mark): what
   separates reprints of one illustration.
 
+Each branch = a linear projection of a mean-centred colour thumbnail (``lin``: initialised in closed form
+by ``models.embedder.closed_form`` — whitening of capture↔catalog differences followed by the directions
+that separate hard negatives, i.e. LDA/KISSME-style metric learning) **plus** a CNN path (``fc``, zero at
+init) that InfoNCE fine-tuning grows. On two shared CPU cores the closed form gives a strong start in
+minutes; backprop then adds what a linear map of pixels cannot express.
+
 The network returns the two raw (unnormalised) vectors; ``combine`` normalises each and concatenates them
 with weights so that one dot product = ``(1-w)·cos_global + w·cos_strip``. The device does the same in
 numpy (``device.vision.embedder.combine``), which keeps L2-normalisation out of the int8 graph.
@@ -27,11 +33,22 @@ def conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def centred_thumb(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """Average-pooled thumbnail minus its per-channel mean, flattened: invariant to additive brightness,
+    and (after the final L2 normalisation of a bias-free linear map) to global gain and contrast."""
+    t = pool(x)
+    t = t - t.mean(dim=(2, 3), keepdim=True)
+    return t.reshape(t.shape[0], -1)
+
+
 class GlobalBranch(nn.Module):
+    THUMB_POOL = 8  # 128×96 → 16×12 thumbnail (576 values)
+
     def __init__(self, dim: int = GLOBAL_DIM):
         super().__init__()
-        # input 3×128×96 (H×W); ~12 M MACs: small enough to train on two shared CPU cores. The art and
-        # layout are identified from a 64×48 view; the footer details are the strip branch's job.
+        self.pool = nn.AvgPool2d(self.THUMB_POOL)
+        self.lin = nn.Linear(3 * 16 * 12, dim, bias=False)
+        # input 3×128×96 (H×W); ~12 M MACs.
         self.features = nn.Sequential(
             nn.AvgPool2d(2),              # 64×48
             conv_bn(3, 24, 2),            # 32×24
@@ -42,15 +59,20 @@ class GlobalBranch(nn.Module):
             nn.AvgPool2d(2),              # 4×3: keep the coarse layout (where art / text / footer are)
             conv_bn(96, 48, 1, k=1),
         )
-        self.fc = nn.Linear(48 * 4 * 3, dim)
+        self.fc = nn.Linear(48 * 4 * 3, dim, bias=False)
+        nn.init.zeros_(self.fc.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).reshape(x.shape[0], -1))
+        return self.lin(centred_thumb(x, self.pool)) + self.fc(self.features(x).reshape(x.shape[0], -1))
 
 
 class StripBranch(nn.Module):
+    THUMB_POOL = (2, 4)  # 32×192 → 16×48 thumbnail (2304 values)
+
     def __init__(self, dim: int = STRIP_DIM):
         super().__init__()
+        self.pool = nn.AvgPool2d(self.THUMB_POOL)
+        self.lin = nn.Linear(3 * 16 * 48, dim, bias=False)
         # input 3×32×192 (H×W); ~11 M MACs.
         self.features = nn.Sequential(
             conv_bn(3, 16, 2),            # 16×96
@@ -61,10 +83,11 @@ class StripBranch(nn.Module):
             nn.AvgPool2d((2, 3)),         # 2×8: where along the footer matters (symbol left/right…)
             conv_bn(64, 32, 1, k=1),
         )
-        self.fc = nn.Linear(32 * 2 * 8, dim)
+        self.fc = nn.Linear(32 * 2 * 8, dim, bias=False)
+        nn.init.zeros_(self.fc.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).reshape(x.shape[0], -1))
+        return self.lin(centred_thumb(x, self.pool)) + self.fc(self.features(x).reshape(x.shape[0], -1))
 
 
 class CardEmbedder(nn.Module):

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="compact checkpoint written here")
     ap.add_argument("--log-dir", default="var/train/server_model", help="state.pt, metrics.jsonl")
     ap.add_argument("--cpu-minutes", type=float, default=28.0, help="stop after this much process CPU time")
+    ap.add_argument("--wall-minutes", type=float, default=0, help="also stop after this much wall time (0 = no limit)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                    state_path)
 
     model.train()
-    while cpu_used() < budget:
+    wall_end = time.time() + a.wall_minutes * 60 if a.wall_minutes else float("inf")
+    while cpu_used() < budget and time.time() < wall_end:
         ts = time.time()
         pick = rng.choice(len(ills), size=min(a.batch, len(ills)), replace=False)
         idx = [by_ill[ills[j]][int(rng.integers(len(by_ill[ills[j]])))] for j in pick]

@@ -7,7 +7,7 @@ only admins mint ``admin`` or ``device`` tokens. Devices belong to a user and fe
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,7 +50,8 @@ class PasswordIn(BaseModel):
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(min_length=1, max_length=len(SCOPES), description=f"Subset of {', '.join(SCOPES)}.")
+    scopes: list[Literal["read", "write", "review", "admin", "device"]] = Field(
+        min_length=1, max_length=len(SCOPES), description=f"Subset of {', '.join(SCOPES)}.")
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 

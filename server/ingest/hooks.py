@@ -22,3 +22,8 @@ def on_ambiguous(scan: Scan) -> None:
     ``ScanResult`` to the device.
     """
     log.debug("ambiguous scan %s from %s waits for the resolver", scan.scan_id, scan.device_id)
+    # Non-blocking wake-up of an in-process resolver worker; the worker polls anyway, so when the resolver
+    # is down or slow the scan just stays pending (ingest never waits on it).
+    from server.resolver.worker import notify
+
+    notify(scan.device_id, scan.scan_id)

@@ -45,7 +45,6 @@ from server.db.models import Card, CollectionItem, Condition, DeadLetter, Device
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 #: Collection stack a device scan lands in until the device/UI can say otherwise.
 DEFAULT_CONDITION, DEFAULT_FINISH, DEFAULT_LANGUAGE = Condition.NM.value, Finish.normal.value, "en"
-_INSERT_CHUNK = 200
 
 
 @dataclass
@@ -176,12 +175,13 @@ def store_batch(session: Session, items: list[Classified], now: datetime | None 
                 crop=s.crop, bundle_version=s.bundle_version, status=status.value,
                 resolved_card_id=s.card_id if applied else None, collection_id=collection_id, applied=applied,
             ))
-        new: set[tuple[str, str]] = set()
-        for i in range(0, len(rows), _INSERT_CHUNK):
-            stmt = (insert(Scan).values(rows[i:i + _INSERT_CHUNK])
-                    .on_conflict_do_nothing(index_elements=["device_id", "scan_id"])
-                    .returning(Scan.device_id, Scan.scan_id))
-            new.update((d, s) for d, s in session.execute(stmt))
+        # Core executemany on the table: one cached statement, sent as multi-row VALUES pages
+        # ("insertmanyvalues"); RETURNING lists only the rows that were really inserted.
+        conn = session.connection()
+        scans_t = Scan.__table__
+        stmt = (insert(scans_t).on_conflict_do_nothing(index_elements=["device_id", "scan_id"])
+                .returning(scans_t.c.device_id, scans_t.c.scan_id))
+        new: set[tuple[str, str]] = {(d, s) for d, s in conn.execute(stmt, rows)}
         out.new = len(new)
         # Copies inside this batch and rows already stored both count as duplicates.
         out.duplicates = sum(c.n_scans for c in items if c.kind == "scans") - len(new)
@@ -193,13 +193,14 @@ def store_batch(session: Session, items: list[Classified], now: datetime | None 
                 increments[(r["collection_id"], r["card_id"])] += 1
         if increments:
             values = [dict(collection_id=coll, card_id=card, quantity=n, condition=DEFAULT_CONDITION,
-                           finish=DEFAULT_FINISH, language=DEFAULT_LANGUAGE, created_at=now, updated_at=now)
+                           finish=DEFAULT_FINISH, language=DEFAULT_LANGUAGE, notes="", created_at=now, updated_at=now)
                       for (coll, card), n in sorted(increments.items())]
-            stmt = insert(CollectionItem).values(values)
-            stmt = stmt.on_conflict_do_update(
+            items_t = CollectionItem.__table__
+            up = insert(items_t)
+            up = up.on_conflict_do_update(
                 index_elements=["collection_id", "card_id", "condition", "finish", "language"],
-                set_={"quantity": CollectionItem.quantity + stmt.excluded.quantity, "updated_at": now})
-            session.execute(stmt)
+                set_={"quantity": items_t.c.quantity + up.excluded.quantity, "updated_at": up.excluded.updated_at})
+            conn.execute(up, values)
             out.applied = sum(increments.values())
         out.new_ambiguous = [s for k, s in scans.items() if k in new and s.decision is Decision.ambiguous]
 

@@ -85,6 +85,9 @@ class _OpenClipBase(Embedder):
     """Shared encode code for open_clip models (CPU inference, batches of ``batch_size``)."""
 
     batch_size = 64
+    # One request = one scan: a single intra-op thread avoids oversubscription when requests run in parallel
+    # (and on a shared 2-core box, spinning thread pools are what makes latency explode).
+    threads = 1
 
     def _setup(self, model, model_name: str, model_id: str, image_size: int, mean, std) -> None:
         import open_clip
@@ -102,6 +105,8 @@ class _OpenClipBase(Embedder):
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):

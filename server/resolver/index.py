@@ -32,7 +32,7 @@ INDEX_FILE, IDS_FILE, EMB_FILE, META_FILE = "index.faiss", "ids.json", "embeddin
 
 
 def build_faiss(vectors: np.ndarray, kind: str = "auto", flat_max: int = FLAT_MAX, nprobe: int = 32,
-                hnsw_m: int = 32, ef_search: int = 64, train_max: int = 100_000, seed: int = 0):
+                hnsw_m: int = 32, ef_search: int = 64, train_max: int = 64_000, seed: int = 0):
     """A FAISS inner-product index over unit ``vectors`` (N, d). kind: auto | flat | ivf | hnsw."""
     import faiss
 
@@ -50,7 +50,7 @@ def build_faiss(vectors: np.ndarray, kind: str = "auto", flat_max: int = FLAT_MA
         nlist = ivf_nlist(n)
         index = faiss.index_factory(d, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
         rs = np.random.default_rng(seed)
-        sample = x[rs.choice(n, size=min(n, max(train_max, nlist * 39)), replace=False)] if n > train_max else x
+        sample = x[rs.choice(n, size=train_max, replace=False)] if n > train_max else x
         index.train(sample)
         index.nprobe = nprobe
     else:
@@ -60,8 +60,8 @@ def build_faiss(vectors: np.ndarray, kind: str = "auto", flat_max: int = FLAT_MA
 
 
 def ivf_nlist(n: int) -> int:
-    """~4 sqrt(N) inverted lists (1M -> 4096), a power of two, at least 64."""
-    return max(64, 2 ** int(round(math.log2(4 * math.sqrt(n)))))
+    """~2 sqrt(N) inverted lists (1M -> 2048), a power of two, at least 64."""
+    return max(64, 2 ** int(round(math.log2(2 * math.sqrt(n)))))
 
 
 def index_kind(index) -> str:

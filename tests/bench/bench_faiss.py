@@ -23,9 +23,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def clustered(n: int, d: int, rng: np.random.Generator, cluster_size: int = 4, spread: float = 0.35) -> np.ndarray:
-    centres = rng.standard_normal((max(1, n // cluster_size), d), dtype=np.float32)
-    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, d), dtype=np.float32)
+def clustered(n: int, d: int, rng: np.random.Generator, themes: int = 2000, cluster_size: int = 4) -> np.ndarray:
+    """Hierarchical clusters like card embeddings: themes (look-alike cards) > illustrations > printings."""
+    top = rng.standard_normal((themes, d), dtype=np.float32)
+    top /= np.linalg.norm(top, axis=1, keepdims=True)
+    n_ill = max(1, n // cluster_size)
+    ill = top[rng.integers(0, themes, n_ill)] + 0.5 / np.sqrt(d) * rng.standard_normal((n_ill, d), dtype=np.float32)
+    x = ill[rng.integers(0, n_ill, n)]
+    x += 0.25 / np.sqrt(d) * rng.standard_normal((n, d), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(a.threads)
         db = clustered(n, a.dim, rng)
         src = rng.integers(0, n, a.queries)
-        q = db[src] + 0.05 * rng.standard_normal((a.queries, a.dim), dtype=np.float32)
+        q = db[src] + 0.2 / np.sqrt(a.dim) * rng.standard_normal((a.queries, a.dim), dtype=np.float32)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         gt = exact_topk(db, q, 10)
         kinds = ["auto"] + (["hnsw"] if a.also_hnsw and n > FLAT_MAX else [])

@@ -187,13 +187,20 @@ class IngestProc:
                "SCANEMON_MQTT__CLIENT_ID": "rel", "SCANEMON_MQTT__KEEPALIVE": "5",
                "SCANEMON_INGEST__BATCH_WAIT_MS": "10", **self.env, **extra_env}
         self.runs += 1
-        log = open(self.dir / f"ingest{self.index}.run{self.runs}.log", "wb")
+        self.log_path = self.dir / f"ingest{self.index}.run{self.runs}.log"
+        log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "server", "ingest", "--worker-index", str(self.index),
                                       "--no-migrate"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def alive(self) -> bool:
         return bool(self.proc and self.proc.poll() is None)
+
+    def wait_subscribed(self, timeout: float = 30.0) -> "IngestProc":
+        """Until the worker logged its subscription (messages published before that have no subscriber)."""
+        wait_for(lambda: self.log_path.exists() and "subscribed to" in self.log_path.read_text(errors="replace"),
+                 timeout, what=f"ingest worker {self.index} to subscribe")
+        return self
 
     def kill(self) -> None:
         if self.alive():

@@ -1,0 +1,162 @@
+"""Frame → identified cards, with milliseconds per stage.
+
+detect (CNN, contour fallback) → geometry gate → rectify → crop gate (blur, glare) → embed → match the
+whole catalog → decision. Up to ``max_cards`` (9) cards per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.vision.decision import Thresholds, decide
+from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
+                                    crop_reject, geometry_reject)
+from device.vision.embedder import Embedder
+from device.vision.geometry import rectify
+from device.vision.matcher import CatalogMatcher, Match
+
+TOP_K = 5
+
+
+@dataclass
+class CardResult:
+    quad: np.ndarray
+    decision: str
+    card_id: str | None
+    score: float
+    margin: float
+    candidates: list[tuple[str, float]]
+    crop: np.ndarray | None = None
+    quality: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
+                "margin": round(self.margin, 4),
+                "candidates": [{"card_id": c, "score": round(s, 4)} for c, s in self.candidates],
+                "quad": [[round(float(x), 1), round(float(y), 1)] for x, y in self.quad]}
+
+    def crop_jpeg(self, quality: int = 85) -> bytes | None:
+        if self.crop is None:
+            return None
+        ok, buf = cv2.imencode(".jpg", self.crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return buf.tobytes() if ok else None
+
+
+@dataclass
+class FrameResult:
+    cards: list[CardResult]
+    rejected: list[tuple[np.ndarray, str]]
+    reject_reason: str | None
+    ms: dict[str, float]
+
+    def to_json(self) -> dict:
+        d: dict = {"cards": [c.to_json() for c in self.cards]}
+        if self.reject_reason:
+            d["reject_reason"] = self.reject_reason
+        if self.rejected:
+            d["rejected"] = [{"quad": [[round(float(x), 1), round(float(y), 1)] for x, y in q], "reject_reason": r}
+                             for q, r in self.rejected]
+        d["ms"] = {k: round(v, 2) for k, v in self.ms.items()}
+        return d
+
+
+def load_manifest(bundle_dir: str | Path, public_key: str | None = None) -> dict:
+    """The bundle manifest as a dict; verified against ``public_key`` (fleet key PEM) when given."""
+    d = Path(bundle_dir)
+    if public_key:
+        from device.bundle import verify_bundle
+
+        return verify_bundle(d, public_key).model_dump(mode="json")
+    return json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+
+
+class VisionPipeline:
+    def __init__(self, detector, embedder: Embedder, matcher: CatalogMatcher, thresholds: Thresholds,
+                 gate: GateConfig | None = None, max_cards: int = 9, bundle_version: str = ""):
+        self.detector = detector
+        self.embedder = embedder
+        self.matcher = matcher
+        self.thresholds = thresholds
+        self.gate = gate or GateConfig()
+        self.max_cards = max_cards
+        self.bundle_version = bundle_version
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, num_threads: int | None = None, public_key: str | None = None,
+                    detector: str = "auto", gate: GateConfig | None = None) -> "VisionPipeline":
+        """detector: auto (CNN + contour cross-check) | cnn | contour."""
+        d = Path(bundle_dir)
+        man = load_manifest(d, public_key)
+        emb_spec = man.get("embedder", {})
+        det_spec = man.get("detector", {})
+        cnn = None
+        if detector in ("auto", "cnn") and (d / "detector.tflite").is_file():
+            cnn = TFLiteDetector(str(d / "detector.tflite"), num_threads,
+                                 kernel_thresh=float(det_spec.get("kernel_threshold", 0.5)))
+        if detector == "cnn" and cnn is None:
+            raise FileNotFoundError(f"{d}/detector.tflite")
+        det = ContourDetector() if detector == "contour" else CombinedDetector(cnn)
+        emb = Embedder(str(d / "embedder.tflite"), float(emb_spec.get("strip_weight", 0.4)), num_threads)
+        th = Thresholds.from_manifest(man)
+        g = gate or GateConfig(**{k: v for k, v in (man.get("thresholds", {}).get("gate") or {}).items()
+                                  if k in GateConfig.__dataclass_fields__})
+        return cls(det, emb, CatalogMatcher.load(d), th, g, bundle_version=str(man.get("version", "")))
+
+    # ------------------------------------------------------------------------------------------------
+
+    def identify_crop(self, crop: np.ndarray) -> tuple[Match, float, float]:
+        """Embed + match one canonical crop → (match, ms embed, ms match)."""
+        t0 = time.perf_counter()
+        e = self.embedder.embed(crop)
+        t1 = time.perf_counter()
+        m = self.matcher.topk(e, TOP_K)
+        t2 = time.perf_counter()
+        return m, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+    def process(self, frame: np.ndarray) -> FrameResult:
+        t0 = time.perf_counter()
+        dets: list[Detection] = self.detector.detect(frame)[: self.max_cards]
+        t1 = time.perf_counter()
+        ms = {"detect": (t1 - t0) * 1e3, "embed": 0.0, "match": 0.0}
+        cards: list[CardResult] = []
+        rejected: list[tuple[np.ndarray, str]] = []
+        for det in dets:
+            reason = geometry_reject(det, frame.shape, self.gate)
+            if reason:
+                rejected.append((det.quad, reason))
+                continue
+            crop = rectify(frame, det.quad)
+            reason, quality = crop_reject(crop, self.gate)
+            if reason:
+                rejected.append((det.quad, reason))
+                continue
+            m, te, tm = self.identify_crop(crop)
+            ms["embed"] += te
+            ms["match"] += tm
+            quad = det.quad
+            if det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15:
+                # orientation unsure: the upside-down reading competes
+                quad2 = np.roll(det.quad, 2, axis=0)
+                crop2 = rectify(frame, quad2)
+                m2, te, tm = self.identify_crop(crop2)
+                ms["embed"] += te
+                ms["match"] += tm
+                if m2.score > m.score:
+                    m, crop, quad = m2, crop2, quad2
+            dec = decide(m, self.thresholds)
+            # card_id: the decided card (accept) or the best guess (ambiguous); None for no_card
+            cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
+                                    list(zip(m.card_ids, m.scores)), crop, quality))
+        reject_reason = None
+        if not cards:
+            reject_reason = rejected[0][1] if rejected else "no_card"
+        elif all(c.decision == "no_card" for c in cards):
+            reject_reason = "no_card"
+        ms["total"] = (time.perf_counter() - t0) * 1e3
+        return FrameResult(cards, rejected, reject_reason, ms)

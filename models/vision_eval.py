@@ -1,0 +1,193 @@
+"""Device-vision evaluation on simulated captures and the real playing-card test photos.
+
+    python -m models.vision_eval --bundle models/bundles/demo --catalog var/catalog --n 500
+
+Runs the *device* pipeline (TFLite detector + embedder + catalog matcher from the bundle) and reports:
+* identification: top-1 / top-5 at printing level over all labelled cards (a card the detector misses or
+  the gate rejects counts as a miss) and over the cards that reached the embedder; auto-accept precision
+  and coverage with the bundle thresholds;
+* detection: found-rate of fully visible simulated cards (quad IoU ≥ 0.5), mean quad IoU;
+* real photos (TEST split, boxes only): mean box IoU of matched ground-truth boxes, recall, false positives.
+
+Frames are regenerated from seeds (``models.synth.dataset.make_frame``); nothing is written but the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.vision.geometry import box_iou, quad_iou, rectify
+from models.synth.capture import CaptureConfig
+from models.synth.dataset import make_frame
+
+EVAL_SEED = 900_000  # far from the training seeds
+
+
+def card_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9) -> tuple[list[dict], dict]:
+    res = pipe.process(frame)
+    recs = []
+    for gt in labels["cards"]:
+        if gt.get("visible", 1.0) < min_visible:
+            continue
+        gq = np.array(gt["quad"], np.float32)
+        best, biou = None, 0.0
+        for c in res.cards:
+            iou = quad_iou(c.quad, gq)
+            if iou > biou:
+                best, biou = c, iou
+        rej_iou = max([quad_iou(q, gq) for q, _ in res.rejected] or [0.0])
+        found = biou >= 0.5 or rej_iou >= 0.5
+        r = {"card_id": gt["card_id"], "found": bool(found), "iou": round(max(biou, rej_iou), 4),
+             "identified": best is not None and biou >= 0.5}
+        if r["identified"]:
+            r.update(top1=best.candidates[0][0], top5=[c for c, _ in best.candidates], score=best.score,
+                     margin=best.margin, decision=best.decision,
+                     corner_err=float(np.abs(best.quad - gq).max()))
+        else:
+            r["reject_reason"] = next((reason for q, reason in res.rejected if quad_iou(q, gq) >= 0.5),
+                                      "missed" if not found else res.reject_reason)
+        recs.append(r)
+    return recs, res.ms
+
+
+def oracle_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9) -> list[dict]:
+    """Identification with the labelled quads (detector error excluded)."""
+    out = []
+    for gt in labels["cards"]:
+        if gt.get("visible", 1.0) < min_visible:
+            continue
+        m, _, _ = pipe.identify_crop(rectify(frame, np.array(gt["quad"], np.float32)))
+        out.append({"card_id": gt["card_id"], "top1": m.card_ids[0], "top5": m.card_ids, "score": m.score,
+                    "margin": m.margin})
+    return out
+
+
+def summarize(recs: list[dict], thresholds=None) -> dict:
+    n = len(recs)
+    ident = [r for r in recs if r.get("identified")]
+    s = {"cards": n, "found_rate": _frac([r["found"] for r in recs]), "reached_embedder": _frac([r.get("identified", False) for r in recs])}
+    if n:
+        s["top1_all"] = _frac([r.get("top1") == r["card_id"] for r in recs])
+        s["top5_all"] = _frac([r["card_id"] in r.get("top5", []) for r in recs])
+    if ident:
+        s["top1_identified"] = _frac([r["top1"] == r["card_id"] for r in ident])
+        acc = [r for r in ident if r.get("decision") == "accept"]
+        s["accept_coverage_identified"] = len(acc) / len(ident)
+        s["accept_coverage_all"] = len(acc) / n
+        s["accept_precision"] = _frac([r["top1"] == r["card_id"] for r in acc]) if acc else None
+        s["accepted_wrong"] = sum(1 for r in acc if r["top1"] != r["card_id"])
+        s["mean_quad_iou"] = float(np.mean([r["iou"] for r in recs if r["found"]]))
+    reasons: dict[str, int] = {}
+    for r in recs:
+        if not r.get("identified"):
+            reasons[r.get("reject_reason") or "?"] = reasons.get(r.get("reject_reason") or "?", 0) + 1
+    s["not_identified"] = reasons
+    return s
+
+
+def _frac(xs) -> float | None:
+    xs = list(xs)
+    return round(float(np.mean(xs)), 4) if xs else None
+
+
+def capture_config(mode: str, size=(640, 480)) -> CaptureConfig:
+    return CaptureConfig(size=size, mode=mode)
+
+
+def run_captures(pipe, catalog_dir: str, ids: list[str], n: int, seed: int, mode: str = "free",
+                 oracle: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
+    cfg = capture_config(mode)
+    recs, orecs, timings = [], [], []
+    for i in range(n):
+        frame, labels = make_frame(catalog_dir, ids, seed, i, cfg)
+        r, ms = card_records(pipe, frame, labels)
+        for x in r:
+            x["frame"] = i
+        recs += r
+        timings.append(ms)
+        if oracle:
+            orecs += oracle_records(pipe, frame, labels)
+    return recs, orecs, timings
+
+
+def photo_eval(pipe, split_dir: str | None = None) -> dict:
+    """Mean IoU of the real playing-card TEST photos' boxes vs the boxes of detected quads."""
+    from models.detector.data import PHOTOS, photo_boxes
+
+    boxes = photo_boxes("test")
+    d = Path(split_dir or Path(PHOTOS) / "test")
+    ious, fps, n_gt = [], 0, 0
+    for name, gts in sorted(boxes.items()):
+        img = cv2.imread(str(d / name), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        dets = pipe.detector.detect(img)
+        pb = [(float(q.quad[:, 0].min()), float(q.quad[:, 1].min()), float(q.quad[:, 0].max()), float(q.quad[:, 1].max()))
+              for q in dets]
+        used = set()
+        for g in gts:
+            n_gt += 1
+            best, bi = -1, 0.0
+            for j, b in enumerate(pb):
+                if j in used:
+                    continue
+                iou = box_iou(b, g)
+                if iou > bi:
+                    best, bi = j, iou
+            if best >= 0 and bi > 0.1:
+                used.add(best)
+            ious.append(bi)
+        fps += len(pb) - len(used)
+    ious_a = np.array(ious)
+    return {"images": len(boxes), "gt_boxes": n_gt, "mean_iou": round(float(ious_a.mean()), 4) if n_gt else None,
+            "mean_iou_matched": round(float(ious_a[ious_a >= 0.5].mean()), 4) if (ious_a >= 0.5).any() else None,
+            "recall_iou50": round(float((ious_a >= 0.5).mean()), 4), "false_positives": fps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from device.vision.pipeline import VisionPipeline
+    from models.embedder.data import CatalogIndex
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--catalog", default="var/catalog")
+    ap.add_argument("--n", type=int, default=500, help="frames per capture set")
+    ap.add_argument("--seed", type=int, default=EVAL_SEED)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--detector", default="auto", choices=["auto", "cnn", "contour"])
+    ap.add_argument("--out", default="var/reports/vision_eval.json")
+    ap.add_argument("--skip-photos", action="store_true")
+    a = ap.parse_args(argv)
+    pipe = VisionPipeline.from_bundle(a.bundle, a.threads, detector=a.detector)
+    index = CatalogIndex.load(a.catalog)
+    sv1 = [c for c, real in zip(index.ids, index.real_scan) if real]
+    report: dict = {"bundle": a.bundle, "n": a.n, "seed": a.seed}
+    t0 = time.time()
+    for name, ids, mode in (("full_catalog_free", index.ids, "free"), ("sv1_real_scans_free", sv1, "free"),
+                            ("full_catalog_grid", index.ids, "grid")):
+        recs, orecs, timings = run_captures(pipe, a.catalog, ids, a.n if mode != "grid" else max(1, a.n // 5),
+                                            a.seed, mode, oracle=mode == "free")
+        s = summarize(recs)
+        if orecs:
+            s["oracle_quads_top1"] = _frac([r["top1"] == r["card_id"] for r in orecs])
+            s["oracle_quads_top5"] = _frac([r["card_id"] in r["top5"] for r in orecs])
+        s["ms_median"] = {k: round(float(np.median([t[k] for t in timings])), 2) for k in timings[0]}
+        report[name] = s
+        print(name, json.dumps(s), flush=True)
+    if not a.skip_photos:
+        report["photos_test"] = photo_eval(pipe)
+        print("photos_test", json.dumps(report["photos_test"]), flush=True)
+    report["seconds"] = round(time.time() - t0, 1)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
