@@ -49,7 +49,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow" $(PYTEST_ARGS)
 
 reliability: setup ## sync-path reliability suite; ends with scans=N lost=L duplicated=D dead_lettered=X
-	$(BIN)/python -m pytest -q -m slow tests/reliability $(PYTEST_ARGS)
+	$(BIN)/python -m tests.reliability.run
 
 var/scanemon.db: | setup
 	$(BIN)/scanemon-server --database-url sqlite:///var/scanemon.db catalog import --pokemon-tcg-data $(PTCG) --images $(SV1_IMAGES)
@@ -66,7 +66,7 @@ serve: setup
 bench: bench-ingest bench-faiss bench-collection ## all benchmarks
 
 bench-ingest: setup
-	$(BIN)/python tests/bench/bench_ingest.py
+	$(BIN)/python -m tests.bench.bench_ingest --devices 4 --rate 500 --seconds 10 --workers 2 --batch-max 100
 
 bench-faiss: setup
 	$(BIN)/python tests/bench/bench_faiss.py

@@ -10,6 +10,9 @@ Life of a row::
   crash can never reuse a number or leave a hole.
 * A row leaves only when the server's application-level ``Ack`` arrives (sent after its database
   commit). A broker PUBACK proves nothing about the database and is ignored here.
+* Durability: ``record()`` commits with synchronous=FULL (fsync: survives a power cut). Claim, requeue
+  and ack commit with NORMAL: losing one of those only causes a resend that the server dedupes, and
+  it saves an fsync per batch (an SD card manages ~100-200 fsyncs/s; this dev box ~150/s).
 * Capacity is a byte budget. Crossing ``high_water`` warns (log, ``high_water`` flag, telemetry);
   at the budget ``record()`` raises ``OutboxFull`` (``refuse``) or waits for acks first (``block``).
   Nothing is ever dropped silently.

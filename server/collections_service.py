@@ -180,6 +180,19 @@ class ItemFilter(BaseModel):
     language: str | None = Field(None, max_length=8, description="Language code, e.g. en.")
 
     def conditions(self, dialect: str) -> list:
+        return [*self.card_conditions(dialect), *self.item_conditions()]
+
+    def item_conditions(self) -> list:
+        conds = []
+        if self.condition:
+            conds.append(CollectionItem.condition == self.condition.value)
+        if self.finish:
+            conds.append(CollectionItem.finish == self.finish)
+        if self.language:
+            conds.append(CollectionItem.language == self.language)
+        return conds
+
+    def card_conditions(self, dialect: str) -> list:
         conds = []
         if self.q:
             m = card_match(dialect, self.q)
@@ -194,18 +207,16 @@ class ItemFilter(BaseModel):
         if self.type:
             conds.append(func.json_extract(Card.types, "$").like(f'%"{_like_safe(self.type)}"%')
                          if dialect == "sqlite" else Card.types.op("@>")(func.jsonb_build_array(self.type)))
-        if self.condition:
-            conds.append(CollectionItem.condition == self.condition.value)
-        if self.finish:
-            conds.append(CollectionItem.finish == self.finish)
-        if self.language:
-            conds.append(CollectionItem.language == self.language)
         return conds
 
 
 def _like_safe(s: str) -> str:
     return "".join(ch for ch in s if ch.isalnum() or ch in " -_")
 
+
+LIST_CARD_COLUMNS = (Card.id, Card.game, Card.set_id, Card.name, Card.number, Card.printed_total, Card.rarity,
+                     Card.supertype, Card.subtypes, Card.types, Card.hp, Card.artist, Card.national_dex,
+                     Card.illustration_id, Card.image_url_small, Card.image_url_large, Card.image_path)
 
 SortKey = Literal["added", "name", "set", "rarity", "quantity", "condition", "updated", "acquired", "price_paid"]
 
@@ -289,15 +300,25 @@ def items_page(session: Session, collection_ids, flt: ItemFilter, *, sort: str =
     dialect = session.get_bind().dialect.name
     if isinstance(collection_ids, int):
         scope = CollectionItem.collection_id == collection_ids
-    elif isinstance(collection_ids, (list, tuple)):
-        scope = CollectionItem.collection_id.in_(collection_ids)
     else:
         scope = CollectionItem.collection_id.in_(collection_ids)
-    conds = [scope, *flt.conditions(dialect)]
-    base = select(CollectionItem).join(CollectionItem.card).where(*conds)
+    card_conds, item_conds = flt.card_conditions(dialect), flt.item_conditions()
+    conds = [scope, *item_conds]
+    base = select(CollectionItem).join(CollectionItem.card)
+    if card_conds:
+        # Card filters (set, search, type…) first, as their own materialised set of card ids: otherwise the
+        # planner walks the whole collection in id order probing cards one by one, hoping for an early LIMIT
+        # (30+ ms at 50k items for a 1% filter). From the matching cards, the (collection_id, card_id) index
+        # finds the items directly.
+        matching = select(Card.id.label("id")).where(*card_conds).cte("matching_cards")
+        if dialect == "postgresql":
+            matching = matching.prefix_with("MATERIALIZED")
+        base = base.join(matching, matching.c.id == CollectionItem.card_id)
+    base = base.where(*conds)
     cols = [c for c, _ in _sort_columns(sort)]
     desc = order == "desc"
-    stmt = base.options(contains_eager(CollectionItem.card))
+    # The list never shows a card's facts (attacks, rules: big JSON); not loading them halves hydration time.
+    stmt = base.options(contains_eager(CollectionItem.card).load_only(*LIST_CARD_COLUMNS))
     if cursor:
         values, after_id = decode_cursor(cursor, sort, order)
         stmt = stmt.where(_keyset(cols, values, after_id, desc))
@@ -312,7 +333,7 @@ def items_page(session: Session, collection_ids, flt: ItemFilter, *, sort: str =
     total = None
     if with_total:
         total = session.scalar(select(func.count()).select_from(
-            select(CollectionItem.id).join(CollectionItem.card).where(*conds).subquery()))
+            select(CollectionItem.id).join(CollectionItem.card).where(*conds, *card_conds).subquery()))
     return ItemPage(rows, next_cursor, total)
 
 

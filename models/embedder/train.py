@@ -97,7 +97,14 @@ def train(args: argparse.Namespace) -> dict:
     ill_codes = {k: i for i, k in enumerate(sorted(set(index.illustration)))}
     ill = torch.tensor([ill_codes[x] for x in index.illustration])
     model = CardEmbedder()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
+    # The closed-form linear paths are already good: they move slowly; the CNN paths learn at full rate.
+    lin = [p for n, p in model.named_parameters() if n.endswith("lin.weight")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("lin.weight")]
+    opt = torch.optim.AdamW([{"params": rest, "lr_scale": 1.0}, {"params": lin, "lr_scale": args.lin_lr_scale,
+                                                                   "weight_decay": 0.0}],
+                            lr=args.lr, weight_decay=1e-4)
     start = 0
     qd = 192 + 128 + 64
     queue = torch.zeros(0, qd)
@@ -120,7 +127,7 @@ def train(args: argparse.Namespace) -> dict:
     for t, ag, as_, cg, cs, idx in loader:
         lr = args.lr * min(1.0, (t + 1) / 30) * 0.5 * (1 + math.cos(math.pi * t / args.steps))
         for gr in opt.param_groups:
-            gr["lr"] = lr
+            gr["lr"] = lr * gr["lr_scale"]
         b = ag.shape[0]
         g, s = model(torch.cat([torch.as_tensor(ag), torch.as_tensor(cg)]), torch.cat([torch.as_tensor(as_), torch.as_tensor(cs)]))
         gn, sn = F.normalize(g, dim=1), F.normalize(s, dim=1)
@@ -171,12 +178,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--queue", type=int, default=4096)
-    ap.add_argument("--queue-after", type=int, default=150)
+    ap.add_argument("--queue-after", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="state_dict to start from (models.embedder.closed_form output)")
+    ap.add_argument("--lin-lr-scale", type=float, default=0.05, help="LR factor for the closed-form linear paths")
     return ap
 
 

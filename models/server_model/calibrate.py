@@ -43,7 +43,7 @@ def sample_cards(resolver, n: int, rng: np.random.Generator, reprint_frac: float
     return out
 
 
-def simulate(resolver, cards: list[str], seed: int, strength: float = 1.0, device_group: bool = False):
+def simulate(resolver, cards: list[str], seed: int, strength: float = 1.0, device_group: float = 0.0):
     """Per sample: (true id, shortlist ids, feature matrix, ms, resolution)."""
     from models.synth.capture import augment_crop
 
@@ -52,7 +52,7 @@ def simulate(resolver, cards: list[str], seed: int, strength: float = 1.0, devic
     for cid in cards:
         crop = augment_crop(resolver.catalog.image(cid), rng, strength)
         dev = []
-        if device_group:  # the device's shortlist of an ambiguous reprint scan: the printings of the art
+        if rng.random() < device_group:  # the device's shortlist of an ambiguous reprint scan: the printings of the art
             ill = resolver.meta.get(cid, {}).get("illustration_id") or cid
             dev = list(resolver.by_ill.get(ill, [cid]))[:8]
         t = time.perf_counter()
@@ -62,29 +62,40 @@ def simulate(resolver, cards: list[str], seed: int, strength: float = 1.0, devic
     return rows
 
 
-def fit(rows, l2: float = 1e-3, iters: int = 3000, lr: float = 0.05) -> np.ndarray:
-    """Conditional-logit MLE (softmax over each shortlist) by gradient descent with Adam."""
-    data = [(r["X"], r["ids"].index(r["card_id"])) for r in rows if r["card_id"] in r["ids"] and len(r["ids"]) > 1]
-    d = data[0][0].shape[1]
-    # Standardise features for conditioning, then map the weights back.
+def fit(rows, l2: float = 1e-3, iters: int = 1500, lr: float = 0.05) -> tuple[np.ndarray, float]:
+    """Conditional-logit MLE over each shortlist plus a "none of these" alternative (Adam).
+
+    Returns (weights on raw features, null bias). Samples whose true card missed the shortlist teach the
+    null alternative, so weak absolute evidence lowers the confidence."""
+    data = [(r["X"], r["ids"].index(r["card_id"]) if r["card_id"] in r["ids"] else -1) for r in rows if len(r["ids"])]
     allX = np.concatenate([X for X, _ in data])
     mu, sd = allX.mean(0), allX.std(0) + 1e-6
-    w = np.zeros(d)
-    m = np.zeros(d)
-    v = np.zeros(d)
+    d = allX.shape[1]
+    theta = np.zeros(d + 1)  # standardised weights + null bias
+    m = np.zeros(d + 1)
+    v = np.zeros(d + 1)
+    Zs = [((X - mu) / sd, y) for X, y in data]
     for t in range(1, iters + 1):
-        g = l2 * w
-        for X, y in data:
-            Z = (X - mu) / sd
-            z = Z @ w
+        g = l2 * np.append(theta[:d], 0.0)
+        w, b = theta[:d], theta[d]
+        for Z, y in Zs:
+            z = np.append(Z @ w, b)
             z -= z.max()
             p = np.exp(z)
             p /= p.sum()
-            g += (Z.T @ p - Z[y]) / len(data)
+            gw = Z.T @ p[:-1]
+            gb = p[-1]
+            if y >= 0:
+                gw = gw - Z[y]
+            else:
+                gb -= 1.0
+            g[:d] += gw / len(Zs)
+            g[d] += gb / len(Zs)
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
-        w -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
-    return w / sd  # the mean shift is a constant per shortlist: softmax ignores it
+        theta -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    w_raw = theta[:d] / sd
+    return w_raw, float(theta[d] + mu @ w_raw)
 
 
 def evaluate(resolver, rows, threshold: float) -> dict:
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--device-group", action="store_true", help="seed shortlists with the art's printings (as the device sends)")
+    ap.add_argument("--device-group", type=float, default=0.5,
+                    help="share of samples whose shortlist is seeded with the art's printings (as the device sends)")
     ap.add_argument("--out", default=None, help="write the calibration JSON here")
     a = ap.parse_args(argv)
 
@@ -131,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = simulate(r, cards, a.seed, device_group=a.device_group)
     print(f"simulated {len(rows)} shortlists in {time.time() - t:.0f} s", flush=True)
     print("before:", json.dumps(evaluate(r, rows, r.config.accept_confidence)))
-    w = fit(rows)
+    w, nb = fit(rows)
     r.calibration = Calibration({f: float(x) for f, x in zip(FEATURES, w)}, 1.0,
                                 {"n": len(rows), "seed": a.seed, "catalog": a.catalog, "model_id": r.embedder.model_id,
-                                 "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                 "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, nb)
     print("weights:", json.dumps(r.calibration.weights))
     print("after (train):", json.dumps(evaluate(r, rows, r.config.accept_confidence)))
     if a.out:

@@ -41,6 +41,9 @@ class Calibration:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     temperature: float = 1.0
     meta: dict = field(default_factory=dict)
+    # Utility of "none of these" (the true card is not in the shortlist): lets absolute evidence (few inliers,
+    # low similarity) lower the confidence, which a softmax over the shortlist alone could not.
+    null_bias: float | None = None
 
     def vector(self) -> np.ndarray:
         return np.array([self.weights.get(f, 0.0) for f in FEATURES], np.float64)
@@ -54,11 +57,12 @@ class Calibration:
             log.warning("no resolver calibration at %s; using built-in weights", p)
             return cls()
         d = json.loads(p.read_text())
-        return cls(d["weights"], d.get("temperature", 1.0), d.get("meta", {}))
+        return cls(d["weights"], d.get("temperature", 1.0), d.get("meta", {}), d.get("null_bias"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"features": list(FEATURES), "weights": self.weights,
-                                          "temperature": self.temperature, "meta": self.meta}, indent=1))
+                                          "temperature": self.temperature, "null_bias": self.null_bias,
+                                          "meta": self.meta}, indent=1))
 
 
 @dataclass
@@ -143,7 +147,11 @@ class Resolver:
         contenders = [c for c in order if geo[c].inliers >= max(10, 0.6 * best_inl)][: self.config.max_contenders]
         if not contenders:
             contenders = sorted(ids, key=lambda c: -sims[c])[:2]
-        aligned = {c: V.align(qf.norm, geo[c].H) for c in contenders}
+        # One alignment for all contenders (from the best-supported homography): contenders share the art and
+        # layout, so comparing each against the *same* warped crop keeps alignment noise out of the contest.
+        H = next((geo[c].H for c in contenders if geo[c].H is not None), None)
+        q_al = V.align(qf.norm, H)
+        aligned = {c: q_al for c in contenders}
         region = V.pairwise_region_scores(aligned, feats, contenders)
         fm = V.zone_mask("footer")
         footer = {c: (V.ncc(aligned[c], feats[c].norm, fm) if c in aligned else 0.0) for c in ids}
@@ -155,10 +163,14 @@ class Resolver:
         return ids, X, detail
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
-        z = X @ self.calibration.vector() / max(self.calibration.temperature, 1e-6)
-        z -= z.max()
-        p = np.exp(z)
-        return p / p.sum()
+        """P(candidate is the card) for each row; with a null alternative the rows sum to <= 1."""
+        t = max(self.calibration.temperature, 1e-6)
+        z = X @ self.calibration.vector() / t
+        nb = self.calibration.null_bias
+        zz = np.append(z, nb / t) if nb is not None else z
+        m = zz.max()
+        e = np.exp(z - m)
+        return e / (e.sum() + (np.exp(nb / t - m) if nb is not None else 0.0))
 
     # --- entry points --------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-CANON = (240, 336)
+CANON = (360, 504)
 # Zones in fractions of (W, H): footer strip with symbol/number/rarity; vintage set symbol under the art.
 ZONES = {"footer": (0.0, 0.86, 1.0, 0.985), "art_corner": (0.70, 0.44, 0.93, 0.54)}
 
@@ -64,6 +64,7 @@ class Features:
     des: np.ndarray | None  # (n, 32) uint8
     norm: np.ndarray  # local-contrast-normalised gray, CANON size
     gray: np.ndarray
+    smooth: np.ndarray | None = None  # lightly blurred gray (int16) for differential masks
 
 
 _orb = None
@@ -82,7 +83,8 @@ def extract(img: np.ndarray) -> Features:
     gray = cv2.cvtColor(c, cv2.COLOR_BGR2GRAY)
     kps, des = _detector().detectAndCompute(gray, None)
     pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-    return Features(pts, des, normalise(cv2.GaussianBlur(gray, (0, 0), 0.8)), gray)
+    return Features(pts, des, normalise(cv2.GaussianBlur(gray, (0, 0), 0.8)), gray,
+                    cv2.GaussianBlur(gray, (0, 0), 1.0).astype(np.int16))
 
 
 class CatalogImages:
@@ -189,10 +191,12 @@ def _zone_mask(zone: str) -> np.ndarray:
     return m
 
 
-def diff_mask(a: Features, b: Features, thresh: float = 0.25, min_px: int = 30) -> np.ndarray | None:
-    """Pixels where two catalog faces differ (dilated a little for alignment error), or None if identical."""
-    d = np.abs(cv2.GaussianBlur(a.gray, (0, 0), 1.5).astype(np.int16) - cv2.GaussianBlur(b.gray, (0, 0), 1.5).astype(np.int16))
-    m = (d > thresh * 255 * 0.5).astype(np.uint8)
+def diff_mask(a: Features, b: Features, thresh: int = 12, min_px: int = 8) -> np.ndarray | None:
+    """Pixels where two catalog faces differ (dilated a little for alignment error), or None if identical.
+
+    The threshold is low on purpose: a collector number is a few thin glyphs, blurred by resizing."""
+    d = np.abs(a.smooth - b.smooth)
+    m = (d > thresh).astype(np.uint8)
     if int(m.sum()) < min_px:
         return None
     m = cv2.dilate(m, np.ones((5, 5), np.uint8))

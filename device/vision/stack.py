@@ -1,0 +1,160 @@
+"""Stack logic for a fixed camera over a mat: when does a frame mean *one more card*?
+
+Rules (the scan counter, not the identifier, decides what a placement is):
+
+* a card must be seen **stable** — same identity, same place (quad IoU ≥ ``stable_iou``) — for
+  ``stable_frames`` consecutive frames before it counts; motion-blurred or half-visible frames never count;
+* the **same card still lying there** (jitter, glare, a blurred frame, a hand passing) is not counted again;
+* **N copies placed one after another** count N: between them the mat is empty (``empty_frames`` frames
+  with no card at all) — or, without an empty gap, a copy arrives on top (next rule);
+* a card **slid on top** counts: a different identity becomes stable, or the same identity becomes stable
+  again after an *arrival* was seen (a card quad far from the resting place);
+* a card **taken off the top** reveals the one below: when the revealed identity is the one under it in
+  the current stack, nothing is counted (the stack shrinks).
+
+``StackTracker.update(observation)`` returns the events of that frame. ``Observation.from_frame_result``
+adapts a ``device.vision.pipeline.FrameResult``; tests feed ground-truth observations directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from device.vision.geometry import quad_iou
+
+
+@dataclass
+class SeenCard:
+    card_id: str | None  # None: detected but not identified (gate rejected / no_card)
+    quad: np.ndarray
+    result: object | None = None  # the pipeline's CardResult when identified
+
+    @property
+    def height(self) -> float:
+        q = self.quad
+        return float(0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])))
+
+    @property
+    def area(self) -> float:
+        q = self.quad
+        x, y = q[:, 0], q[:, 1]
+        return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+@dataclass
+class Observation:
+    cards: list[SeenCard] = field(default_factory=list)  # identified cards (passed the gate)
+    others: list[SeenCard] = field(default_factory=list)  # detections the gate rejected
+
+    @property
+    def empty(self) -> bool:
+        return not self.cards and not self.others
+
+    @classmethod
+    def from_frame_result(cls, res) -> "Observation":
+        cards = [SeenCard(c.card_id, np.asarray(c.quad, np.float32), c) for c in res.cards
+                 if c.decision != "no_card" and c.card_id]
+        others = [SeenCard(None, np.asarray(q, np.float32)) for q, _ in res.rejected]
+        others += [SeenCard(None, np.asarray(c.quad, np.float32)) for c in res.cards
+                   if c.decision == "no_card" or not c.card_id]
+        return cls(cards, others)
+
+
+@dataclass
+class StackEvent:
+    kind: str  # placed | slid_on_top | removed (the whole stack left the mat)
+    card_id: str | None
+    frame: int
+    card: SeenCard | None = None
+
+
+@dataclass
+class StackConfig:
+    stable_frames: int = 3
+    stable_iou: float = 0.8
+    empty_frames: int = 2
+    arrival_shift: float = 0.15  # centre displacement (fraction of card height) that marks a moving card
+
+
+class StackTracker:
+    def __init__(self, config: StackConfig | None = None):
+        self.cfg = config or StackConfig()
+        self.stack: list[SeenCard] = []  # counted cards currently on the mat, bottom → top
+        self.frame = -1
+        self._cand: SeenCard | None = None
+        self._cand_n = 0
+        self._empty_n = 0
+        self._arrival = False
+        self._disp: list[float] = []  # displacements of moving cards since the last stable card
+        self.counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _top(self, obs: Observation) -> SeenCard | None:
+        """The card on top: the largest identified one (a card on top hides the ones below)."""
+        return max(obs.cards, key=lambda c: c.area) if obs.cards else None
+
+    def _displaced(self, c: SeenCard, ref: SeenCard) -> bool:
+        d = float(np.linalg.norm(c.quad.mean(0) - ref.quad.mean(0)))
+        return d > self.cfg.arrival_shift * max(ref.height, 1.0)
+
+    def update(self, obs: Observation) -> list[StackEvent]:
+        self.frame += 1
+        events: list[StackEvent] = []
+        if obs.empty:
+            self._empty_n += 1
+            self._cand, self._cand_n = None, 0
+            if self._empty_n >= self.cfg.empty_frames and self.stack:
+                events.append(StackEvent("removed", self.stack[-1].card_id, self.frame))
+                self.stack = []
+                self._arrival = False
+            return events
+        self._empty_n = 0
+        anchor = self.stack[-1] if self.stack else None
+        # arrival evidence: any detection (identified or not) away from the resting place, or 2+ cards
+        everything = obs.cards + obs.others
+        if anchor is not None:
+            moved = [c for c in everything if self._displaced(c, anchor)]
+            if moved:
+                self._arrival = True
+            if moved:
+                self._disp.append(max(float(np.linalg.norm(c.quad.mean(0) - anchor.quad.mean(0))) for c in moved))
+        top = self._top(obs)
+        # other detections away from the top card (not the covered card below it) mean something is moving
+        elsewhere = [c for c in everything if c is not top and (top is None or quad_iou(c.quad, top.quad) < 0.5)]
+        if top is None or elsewhere:
+            self._cand, self._cand_n = None, 0  # nothing stable this frame (moving / rejected / two cards)
+            return events
+        if self._cand is not None and top.card_id == self._cand.card_id and quad_iou(top.quad, self._cand.quad) >= self.cfg.stable_iou:
+            self._cand_n += 1
+            self._cand = top
+        else:
+            self._cand, self._cand_n = top, 1
+        if self._cand_n != self.cfg.stable_frames:
+            return events
+        # a stable card: decide what it means
+        c = self._cand
+        if not self.stack:
+            events.append(self._count("placed", c))
+        elif c.card_id == self.stack[-1].card_id and not self._arrival:
+            self.stack[-1] = c  # the same card still lying there
+        elif len(self.stack) >= 2 and c.card_id == self.stack[-2].card_id and (self._departing() or not self._arrival):
+            self.stack.pop()  # top card taken off: the one below shows again
+            self.stack[-1] = c
+        else:
+            events.append(self._count("slid_on_top", c))
+        self._arrival = False
+        self._disp = []
+        return events
+
+    def _departing(self) -> bool:
+        """The moving card went away from the resting place (displacement grew): a card was taken off."""
+        return len(self._disp) >= 2 and self._disp[-1] > self._disp[0]
+
+    def _count(self, kind: str, c: SeenCard) -> StackEvent:
+        self.stack.append(c)
+        if c.card_id:
+            self.counts[c.card_id] = self.counts.get(c.card_id, 0) + 1
+        return StackEvent(kind, c.card_id, self.frame, c)

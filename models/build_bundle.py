@@ -1,0 +1,297 @@
+"""Build a device bundle end to end (``make models``).
+
+    python -m models.build_bundle --pokemon-tcg-data PATH --images DIR [--quick] [--out models/bundles/demo]
+
+1. render the catalog (all printings) to ``var/catalog`` (skipped when already there)
+2. detector: simulated captures + playing-card TRAIN photos → train → int8 TFLite
+3. embedder: closed-form metric init → InfoNCE fine-tuning (capture ↔ catalog, hard negatives) → int8 TFLite
+4. embed every printing of the catalog with the *exported* int8 embedder → ``catalog/embeddings.npy`` (int8)
+5. calibrate accept / no_card thresholds on held-out simulated captures run through the device pipeline
+6. golden images + ``write_bundle`` (``device.bundle``)
+
+Everything is seeded; each stage's output lives under ``var/build/`` and is reused when present (delete it
+or pass ``--fresh`` to redo). ``--embedder-checkpoint`` / ``--detector-checkpoint`` skip training.
+All non-sv1 catalog images are our own procedural renders (``models.synth.render``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(f"[build_bundle {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd: list[str], env_python: str | None = None) -> None:
+    log(" ".join(cmd))
+    r = subprocess.run(cmd, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    if r.returncode != 0:
+        raise SystemExit(f"step failed ({r.returncode}): {' '.join(cmd)}")
+
+
+def render_catalog(a) -> None:
+    cat = Path(a.catalog)
+    if (cat / "index.jsonl").is_file() and len(list(cat.glob("*.jpg"))) > 1000:
+        log(f"catalog present: {cat}")
+        return
+    run([sys.executable, "-m", "models.synth", "catalog", "--pokemon-tcg-data", a.pokemon_tcg_data, "--images",
+         a.images, "--out", str(cat), "--size", "240x336", "--workers", str(a.workers), "--quality", "92"])
+
+
+def train_detector(a, work: Path) -> Path:
+    if a.detector_checkpoint:
+        return Path(a.detector_checkpoint)
+    data = work / "detector_data.npz"
+    if not data.is_file():
+        run([sys.executable, "-m", "models.detector.data", "--catalog", a.catalog, "--out", str(data),
+             "--n", str(800 if a.quick else 4000), "--workers", str(a.workers)])
+    out = work / "detector"
+    if not (out / "detector.pt").is_file():
+        run([sys.executable, "-m", "models.detector.train", "--data", str(data), "--out", str(out),
+             "--steps", str(150 if a.quick else 1500), "--threads", str(a.threads)])
+    return out / "detector.pt"
+
+
+def train_embedder(a, work: Path) -> Path:
+    if a.embedder_checkpoint:
+        return Path(a.embedder_checkpoint)
+    out = work / "embedder"
+    init = out / "closed_form.pt"
+    if not init.is_file():
+        run([sys.executable, "-m", "models.embedder.closed_form", "--catalog", a.catalog, "--out", str(init),
+             "--n", str(1500 if a.quick else 4000)])
+    if not (out / "embedder.pt").is_file():
+        run([sys.executable, "-m", "models.embedder.train", "--catalog", a.catalog, "--out", str(out),
+             "--init", str(init), "--steps", str(20 if a.quick else 400), "--threads", str(a.threads)])
+    return out / "embedder.pt"
+
+
+def calib_inputs(a, work: Path) -> tuple[Path, Path]:
+    """Representative inputs for int8 calibration (NHWC float32 in [0, 1])."""
+    from device.vision.geometry import embedder_views
+    from models.detector.data import sim_item
+    from models.embedder.data import CatalogIndex, capture_crop, clean_views, load_card
+    from models.synth.capture import CaptureConfig
+
+    ce, cd = work / "calib_embedder.npz", work / "calib_detector.npz"
+    rng = np.random.default_rng(5)
+    index = CatalogIndex.load(a.catalog)
+    if not ce.is_file():
+        g, s = [], []
+        for i in rng.choice(len(index.ids), 160, replace=False):
+            img = load_card(a.catalog, index.ids[i])
+            v = clean_views(img) if len(g) % 2 == 0 else embedder_views(capture_crop(img, rng))
+            g.append(v[0][..., ::-1])
+            s.append(v[1][..., ::-1])
+        np.savez(ce, in0=np.stack(g).astype(np.float32) / 255, in1=np.stack(s).astype(np.float32) / 255)
+    if not cd.is_file():
+        xs = []
+        for i in range(96):
+            mode = ("free", "grid", "scanner_box")[i % 3]
+            x, _, _ = sim_item((a.catalog, index.ids, 4242, i, CaptureConfig(size=(640, 480), mode=mode)))
+            xs.append(x[..., ::-1])
+        np.savez(cd, in0=np.stack(xs).astype(np.float32) / 255)
+    return ce, cd
+
+
+def export(a, kind: str, ckpt: Path, calib: Path, out: Path) -> None:
+    from models.export import export_python
+
+    if out.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
+        log(f"{out} up to date")
+        return
+    run([export_python(), "-m", "models.export", "--kind", kind, "--checkpoint", str(ckpt), "--calib", str(calib),
+         "--out", str(out)])
+
+
+def embed_catalog(a, work: Path, embedder_tflite: Path, strip_weight: float) -> tuple[np.ndarray, list[str]]:
+    from device.vision.embedder import Embedder
+    from device.vision.matcher import quantize_int8
+    from models.embedder.evaluate import catalog_views
+
+    out = work / "catalog_embeddings.npy"
+    G, S, ids = catalog_views(a.catalog)
+    if out.is_file() and out.stat().st_mtime > embedder_tflite.stat().st_mtime:
+        return np.load(out), ids
+    emb = Embedder(str(embedder_tflite), strip_weight, num_threads=a.threads)
+    t0 = time.time()
+    E = np.stack([emb.embed_views(G[i], S[i]) for i in range(len(ids))])
+    log(f"embedded {len(ids)} printings in {time.time() - t0:.0f} s")
+    q = quantize_int8(E)
+    np.save(out, q)
+    return q, ids
+
+
+def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
+    """Run the device pipeline over held-out simulated captures; pick thresholds for the accept rule."""
+    from device.vision.pipeline import VisionPipeline
+    from models.embedder.data import CatalogIndex
+    from models.vision_eval import run_captures
+
+    pipe = VisionPipeline.from_bundle(bundle_tmp, a.threads)
+    index = CatalogIndex.load(a.catalog)
+    sv1 = [c for c, r in zip(index.ids, index.real_scan) if r]
+    n = 60 if a.quick else 400
+    recs = run_captures(pipe, a.catalog, index.ids, n, 700_000, "free")[0]
+    recs += run_captures(pipe, a.catalog, sv1, n // 4, 710_000, "free")[0]
+    recs += run_captures(pipe, a.catalog, index.ids, n // 8, 720_000, "grid")[0]
+    ok = [r for r in recs if r.get("identified")]
+    scores = np.array([r["score"] for r in ok])
+    margins = np.array([r["margin"] for r in ok])
+    correct = np.array([r["top1"] == r["card_id"] for r in ok])
+    return choose_thresholds(scores, margins, correct, target_precision) | {"calibration_cards": len(ok)}
+
+
+def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, target: float = 0.999) -> dict:
+    """Maximise accepted fraction subject to precision ≥ target (with a one-error cushion: the bound uses
+    (wrong + 1) / accepted, so a small calibration set cannot claim more than it showed)."""
+    best = None
+    if len(scores) == 0:
+        return {"accept_score": 0.99, "accept_margin": 0.5, "no_card_score": 0.0, "calibrated_precision": None,
+                "calibrated_coverage": 0.0}
+    s_grid = np.unique(np.quantile(scores, np.linspace(0, 0.98, 50)))
+    m_grid = np.unique(np.concatenate([[0.0], np.quantile(margins, np.linspace(0, 0.98, 50))]))
+    for s in s_grid:
+        for m in m_grid:
+            acc = (scores >= s) & (margins >= m)
+            na = int(acc.sum())
+            if na == 0:
+                continue
+            wrong = int((acc & ~correct).sum())
+            prec = 1 - (wrong + 1) / (na + 1)
+            if prec >= target and (best is None or na > best[2]):
+                best = (float(s), float(m), na, 1 - wrong / na)
+    if best is None:  # target unreachable on this data: accept (almost) nothing
+        s, m = float(scores.max()) + 1e-3, float(margins.max()) + 1e-3
+        best = (min(s, 1.0), min(m, 2.0), 0, None)
+    no_card = float(np.quantile(scores[correct], 0.005)) if correct.any() else 0.0
+    no_card = min(no_card, best[0])
+    return {"accept_score": round(best[0], 4), "accept_margin": round(best[1], 4), "no_card_score": round(no_card, 4),
+            "calibrated_precision": None if best[3] is None else round(best[3], 5),
+            "calibrated_coverage": round(best[2] / len(scores), 4)}
+
+
+def golden(a, out: Path) -> dict[str, Path | bytes]:
+    """A few simulated captures (real sv1 scans and renders) the device self-test must identify."""
+    from models.embedder.data import CatalogIndex
+    from models.synth.capture import CaptureConfig
+    from models.synth.dataset import make_frame
+
+    index = CatalogIndex.load(a.catalog)
+    sv1 = [c for c, r in zip(index.ids, index.real_scan) if r]
+    cfg = CaptureConfig(size=(640, 480), mode="scanner_box", p_glare=0.0, p_motion_blur=0.0, p_defocus=0.0,
+                        p_fingers=0.0, noise_sigma=(1.0, 3.0), jpeg_quality=(85, 95))
+    files: dict[str, Path | bytes] = {}
+    expected = {}
+    for k, (ids, seed) in enumerate(((sv1, 1), (sv1, 2), (index.ids, 3), (index.ids, 4))):
+        frame, labels = make_frame(a.catalog, ids, 31_000 + seed, k, cfg)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 88])
+        name = f"golden_{k}.jpg"
+        files[f"golden/{name}"] = buf.tobytes()
+        expected[name] = labels["cards"][0]["card_id"]
+    files["golden/expected.json"] = json.dumps(expected, indent=2, sort_keys=True).encode()
+    return files
+
+
+def catalog_version(ids: list[str]) -> str:
+    return "ptcg-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+
+
+def assemble(a, out: Path, det_tflite: Path, emb_tflite: Path, emb: np.ndarray, ids: list[str],
+             thresholds: dict, extra_files: dict | None = None) -> None:
+    from device.bundle import write_bundle
+    from device.vision import detector as D
+    from device.vision import geometry as G
+    from models.embedder.model import GLOBAL_DIM, STRIP_DIM, STRIP_WEIGHT
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    files: dict[str, Path | bytes] = {
+        "detector.tflite": det_tflite, "embedder.tflite": emb_tflite,
+        "catalog/ids.json": json.dumps(ids).encode(),
+    }
+    buf = __import__("io").BytesIO()
+    np.save(buf, emb)
+    files["catalog/embeddings.npy"] = buf.getvalue()
+    files.update(extra_files or golden(a, out))
+    fields = {
+        "version": a.version, "catalog_version": catalog_version(ids), "catalog_source": "pokemon-tcg-data",
+        "thresholds": thresholds,
+        "embedder": {"input_size": [G.GLOBAL_SIZE[1], G.GLOBAL_SIZE[0]], "embedding_dim": int(emb.shape[1]),
+                     "normalization": "unit", "strip_input_size": [G.STRIP_SIZE[1], G.STRIP_SIZE[0]],
+                     "strip_y": list(G.STRIP_Y), "canonical_size": list(G.CANONICAL_SIZE),
+                     "global_dim": GLOBAL_DIM, "strip_dim": STRIP_DIM, "strip_weight": STRIP_WEIGHT,
+                     "dtype": str(emb.dtype), "layout": "NHWC RGB"},
+        "detector": {"input_size": [D.INPUT_SIZE[1], D.INPUT_SIZE[0]], "output_stride": D.OUTPUT_STRIDE,
+                     "kernel_shrink": D.KERNEL_SHRINK, "kernel_threshold": 0.5, "outputs": ["face", "kernel", "top"],
+                     "normalization": "unit", "layout": "NHWC RGB letterboxed"},
+    }
+    if a.created:
+        from datetime import datetime
+
+        fields["created"] = datetime.fromisoformat(a.created)
+    write_bundle(tmp, files, fields)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pokemon-tcg-data", required=True)
+    ap.add_argument("--images", required=True, help="real sv1 scans (PTCGextension/cards)")
+    ap.add_argument("--catalog", default="var/catalog", help="rendered catalog dir (made when missing)")
+    ap.add_argument("--work", default="var/build")
+    ap.add_argument("--out", default="models/bundles/demo")
+    ap.add_argument("--version", default="demo-1")
+    ap.add_argument("--created", default="2026-01-01T00:00:00+00:00", help="manifest time (fixed: reproducible)")
+    ap.add_argument("--quick", action="store_true", help="tiny training runs (smoke test, minutes)")
+    ap.add_argument("--fresh", action="store_true", help="delete --work first")
+    ap.add_argument("--embedder-checkpoint")
+    ap.add_argument("--detector-checkpoint")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    if a.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    cv2.setNumThreads(1)
+    render_catalog(a)
+    det_ckpt = train_detector(a, work)
+    emb_ckpt = train_embedder(a, work)
+    ce, cd = calib_inputs(a, work)
+    det_tfl, emb_tfl = work / "detector.tflite", work / "embedder.tflite"
+    export(a, "detector", det_ckpt, cd, det_tfl)
+    export(a, "embedder", emb_ckpt, ce, emb_tfl)
+    from models.embedder.model import STRIP_WEIGHT
+
+    emb, ids = embed_catalog(a, work, emb_tfl, STRIP_WEIGHT)
+    # provisional bundle (loose thresholds) to calibrate with the device pipeline itself
+    prov = work / "bundle_provisional"
+    provisional = {"accept_score": 0.5, "accept_margin": 0.05, "no_card_score": -1.0}
+    gold = golden(a, prov)
+    assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold)
+    th = calibrate(a, prov)
+    log(f"thresholds {th}")
+    thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")}
+    thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}
+    assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold)
+    log(f"bundle written: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Device benchmark (``make bench-device``): latency per stage with 1 TFLite thread, resident memory, and
+the counter-scan count on simulated stack sequences, using the *device* pipeline and a bundle.
+
+    .venv/bin/python tests/bench/bench_device.py [--bundle models/bundles/demo] [--frames 200] [--threads 1]
+        [--catalog var/catalog] [--stacks 3]
+
+* latency: median / p90 ms of detect, embed, match, total over simulated 640×480 captures (free + grid);
+  goal ≤ 15 ms median total with one thread on this machine;
+* memory: RSS of a fresh process that loaded the bundle and processed frames (``/proc/self/status``
+  VmHWM = peak RSS), goal ≤ 300 MB;
+* stack: ``models.synth.stack`` sequences → appliance stack logic → counts vs ground truth (exact or not).
+
+Frames come from ``models.synth`` (seeded); without a rendered catalog (``--catalog``) synthetic card faces
+are used for latency/RSS and the stack part is skipped. Accuracy lives in ``python -m models.vision_eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            k, v = line.split(":")
+            out[k] = round(int(v.split()[0]) / 1024, 1)
+    return out
+
+
+def frames(catalog: str | None, n: int, seed: int = 424_242):
+    from models.synth.capture import CaptureConfig
+
+    if catalog and Path(catalog, "index.jsonl").is_file():
+        from models.synth.dataset import catalog_ids, make_frame
+
+        ids = catalog_ids(catalog)
+        for i in range(n):
+            mode = "grid" if i % 5 == 4 else "free"
+            yield make_frame(catalog, ids, seed, i, CaptureConfig(size=(640, 480), mode=mode))[0]
+    else:
+        from models.synth.capture import simulate_capture
+        from tests.test_vision import card_image
+
+        for i in range(n):
+            rng = np.random.default_rng(seed + i)
+            yield simulate_capture([card_image(i)], [f"x-{i}"], rng, CaptureConfig(size=(640, 480)))[0]
+
+
+def latency(args) -> dict:
+    import cv2
+
+    cv2.setNumThreads(1)
+    from device.vision.pipeline import VisionPipeline
+
+    t0 = time.perf_counter()
+    pipe = VisionPipeline.from_bundle(args.bundle, args.threads)
+    load_s = time.perf_counter() - t0
+    fr = list(frames(args.catalog, args.frames))
+    for f in fr[:5]:
+        pipe.process(f)  # warm-up
+    ms = {k: [] for k in ("detect", "embed", "match", "total")}
+    per_card_embed = []
+    for f in fr:
+        r = pipe.process(f)
+        for k in ms:
+            ms[k].append(r.ms[k])
+        if r.cards:
+            per_card_embed.append(r.ms["embed"] / len(r.cards))
+    out = {"frames": len(fr), "threads": args.threads, "bundle_load_s": round(load_s, 2),
+           "median_ms": {k: round(float(np.median(v)), 2) for k, v in ms.items()},
+           "p90_ms": {k: round(float(np.percentile(v, 90)), 2) for k, v in ms.items()},
+           "embed_ms_per_card_median": round(float(np.median(per_card_embed)), 2) if per_card_embed else None}
+    out["rss_mb"] = rss_mb()
+    return out
+
+
+def stack(args) -> dict:
+    if not (args.catalog and Path(args.catalog, "index.jsonl").is_file()) or args.stacks <= 0:
+        return {"skipped": "no rendered catalog (--catalog)"}
+    import cv2
+
+    from device.vision.pipeline import VisionPipeline
+    from device.vision.stack import Observation, StackTracker
+    from models.synth.dataset import catalog_ids
+    from models.synth.stack import StackConfig, simulate_stack
+
+    pipe = VisionPipeline.from_bundle(args.bundle, args.threads)
+    ids = catalog_ids(args.catalog)
+    results = []
+    for s in range(args.stacks):
+        rng = np.random.default_rng(5000 + s)
+        chosen = [ids[int(j)] for j in rng.choice(len(ids), 8, replace=False)]
+        images = {c: cv2.imread(str(Path(args.catalog) / f"{c}.jpg")) for c in chosen}
+        seq = simulate_stack(images, args.placements, rng, StackConfig(p_same_again=0.25, p_slide_on_top=0.25))
+        tr = StackTracker()
+        for frame, _ in seq.frames():
+            tr.update(Observation.from_frame_result(pipe.process(frame)))
+        results.append({"seed": 5000 + s, "placements": sum(seq.counts.values()), "exact": tr.counts == seq.counts,
+                        "expected": seq.counts, "counted": tr.counts})
+    return {"sequences": len(results), "exact": sum(r["exact"] for r in results), "details": results}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=str(ROOT / "models/bundles/demo"))
+    ap.add_argument("--catalog", default=str(ROOT / "var/catalog"))
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stacks", type=int, default=3)
+    ap.add_argument("--placements", type=int, default=12)
+    ap.add_argument("--out", default=str(ROOT / "var/reports/bench_device.json"))
+    ap.add_argument("--_child", choices=["latency", "stack"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        print(json.dumps(latency(args) if args._child == "latency" else stack(args)))
+        return 0
+    report = {}
+    # each part in a fresh process: RSS is then the device pipeline's own, not this script's
+    for part in ("latency", "stack"):
+        r = subprocess.run([sys.executable, __file__, "--_child", part, *sys.argv[1:]], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if r.returncode != 0:
+            print(r.stderr[-3000:], file=sys.stderr)
+            return 1
+        report[part] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(part, json.dumps(report[part]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    lat = report["latency"]
+    print(f"median total {lat['median_ms']['total']} ms with {lat['threads']} thread(s) "
+          f"(detect {lat['median_ms']['detect']}, embed {lat['median_ms']['embed']}, match {lat['median_ms']['match']}); "
+          f"peak RSS {lat['rss_mb'].get('VmHWM')} MB; stacks exact {report['stack'].get('exact', '-')}/"
+          f"{report['stack'].get('sequences', '-')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

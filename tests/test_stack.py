@@ -1,0 +1,123 @@
+"""Stack logic: new card vs the same card still lying there; N copies count N; a card slid on top counts.
+
+The tracker is fed ground-truth observations from simulated counter-scan sequences
+(``models.synth.stack``), so these tests check the counting rules, not the identifier (the end-to-end count
+with the real models is measured by ``tests/bench/bench_device.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.vision.stack import Observation, SeenCard, StackConfig, StackTracker
+
+
+def _quad(cx=320.0, cy=240.0, h=360.0, dx=0.0, dy=0.0):
+    w = h * 63 / 88
+    x0, y0 = cx - w / 2 + dx, cy - h / 2 + dy
+    return np.array([[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]], np.float32)
+
+
+def feed(tracker: StackTracker, frames: list[Observation]) -> list:
+    events = []
+    for f in frames:
+        events += tracker.update(f)
+    return events
+
+
+def held(card_id: str, n: int, jitter: float = 1.5, seed: int = 0) -> list[Observation]:
+    rng = np.random.default_rng(seed)
+    return [Observation([SeenCard(card_id, _quad(dx=rng.normal(0, jitter), dy=rng.normal(0, jitter)))]) for _ in range(n)]
+
+
+def entering(under: str | None = None) -> list[Observation]:
+    """A card sliding in from the right: displaced, rejected by the gate (motion blur / out of view)."""
+    out = []
+    for f in (0.4, 0.2):
+        others = [SeenCard(None, _quad(dx=640 * f))]
+        cards = [SeenCard(under, _quad())] if under else []
+        out.append(Observation(cards, others))
+    return out
+
+
+def empty(n: int = 3) -> list[Observation]:
+    return [Observation() for _ in range(n)]
+
+
+def test_same_card_lying_there_counts_once():
+    t = StackTracker()
+    frames = empty() + entering() + held("sv1-1", 6)
+    # glare / blur frames and a hand passing over do not make it a new card
+    frames += [Observation([], [SeenCard(None, _quad())])] * 2 + held("sv1-1", 8, seed=1)
+    frames += [Observation([], [SeenCard(None, _quad(dx=15))])] + held("sv1-1", 5, seed=2)
+    feed(t, frames)
+    assert t.counts == {"sv1-1": 1}
+
+
+def test_n_copies_one_after_another_count_n():
+    t = StackTracker()
+    frames = empty()
+    for k in range(4):
+        frames += entering() + held("sv1-7", 5, seed=k) + empty(2)
+    ev = feed(t, frames)
+    assert t.counts == {"sv1-7": 4}
+    assert [e.kind for e in ev if e.kind != "removed"] == ["placed"] * 4
+
+
+def test_card_slid_on_top_counts_and_same_card_on_top_too():
+    t = StackTracker()
+    frames = empty() + entering() + held("sv1-1", 5)
+    frames += entering(under="sv1-1") + held("sv1-2", 5)          # another card slid on top
+    frames += entering(under="sv1-2") + held("sv1-2", 5, seed=3)  # a copy of the same card slid on top
+    ev = feed(t, frames)
+    assert t.counts == {"sv1-1": 1, "sv1-2": 2}
+    assert [e.kind for e in ev] == ["placed", "slid_on_top", "slid_on_top"]
+
+
+def test_taking_the_top_card_off_reveals_without_counting():
+    t = StackTracker()
+    frames = empty() + entering() + held("sv1-1", 5) + entering(under="sv1-1") + held("sv1-2", 5)
+    # top card slides away (displacement grows), the one below shows again
+    frames += [Observation([SeenCard("sv1-1", _quad())], [SeenCard(None, _quad(dx=640 * f))]) for f in (0.2, 0.4)]
+    frames += held("sv1-1", 5, seed=4)
+    feed(t, frames)
+    assert t.counts == {"sv1-1": 1, "sv1-2": 1}
+
+
+def test_unstable_flicker_never_counts():
+    t = StackTracker(StackConfig(stable_frames=3))
+    frames = empty()
+    for k in range(6):  # identity flips every frame: never 3 stable frames
+        frames += held("sv1-1" if k % 2 else "sv1-2", 1, seed=k)
+    feed(t, frames)
+    assert t.counts == {}
+
+
+def _oracle_observations(seq, size=(640, 480)) -> list[Observation]:
+    w, h = size
+    out = []
+    for _, label in seq.frames():
+        cards, others = [], []
+        for c in label["cards"]:
+            q = np.array(c["quad"], np.float32)
+            inside = (q[:, 0] >= 0).all() and (q[:, 1] >= 0).all() and (q[:, 0] < w).all() and (q[:, 1] < h).all()
+            if c["visible"] >= 0.9 and inside and label["phase"] == "held":
+                cards.append(SeenCard(c["card_id"], q))
+            elif c["visible"] > 0.05:
+                others.append(SeenCard(None, q))  # moving (blurred) or covered: the gate would reject it
+        out.append(Observation(cards, others))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_simulated_sequences_counted_exactly(seed):
+    from models.synth.stack import StackConfig as SimConfig, simulate_stack
+
+    rng = np.random.default_rng(seed)
+    images = {f"t{seed}-{i}": rng.integers(0, 255, (84, 60, 3), dtype=np.uint8) for i in range(5)}
+    cfg = SimConfig(p_same_again=0.35, p_slide_on_top=0.35)
+    seq = simulate_stack(images, 12, rng, cfg)
+    t = StackTracker()
+    feed(t, _oracle_observations(seq))
+    assert t.counts == seq.counts
