@@ -77,7 +77,8 @@ class ResolverSettings(BaseModel):
     max_candidates: int = Field(24, ge=1, le=200, description="Most candidates verified geometrically per scan.")
     accept_confidence: float = Field(0.9, ge=0, le=1, description="Calibrated confidence needed to resolve; "
                                      "below it the scan goes to the review queue.")
-    ocr: bool = Field(True, description="Read the collector number with Tesseract as a tie-breaker when installed.")
+    ocr: bool = Field(False, description="Read the collector number with Tesseract (when installed) as a tie-breaker "
+                      "for close calls; costs ~0.5 s per call and only reads sharp crops, hence off by default.")
     worker_poll_s: float = Field(2.0, gt=0, description="Resolver worker: seconds between polls for pending scans.")
     worker_batch: int = Field(16, ge=1, description="Resolver worker: pending scans claimed per poll.")
 

@@ -23,7 +23,6 @@ from tests.services import free_port
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = int(os.environ.get("SCANEMON_SCHEMATHESIS_SECONDS", "50"))
 
-pytestmark = pytest.mark.slow
 
 
 def test_schemathesis_finds_no_server_errors(catalog_url, tmp_path, request):

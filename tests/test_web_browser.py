@@ -51,6 +51,14 @@ def live_server(sqlite_catalog_url, tmp_path, shared_data):
                                   ("base1-24", 1, "HP", "normal"), ("sv1-4", 1, "NM", "normal"), ("base1-44", 2, "DMG", "normal"),
                                   ("sv1-7", 1, "NM", "normal"), ("base1-15", 1, "NM", "holo"), ("sv1-3", 2, "LP", "normal")]:
             add_to_stack(s, ash.collection_id, cid, q, condition=cond, finish=fin)
+        from server.prices import import_prices
+
+        feed = "card_id,finish,low,mid,market,date\n" + "".join(
+            f"{c},{f},{m * 0.8:.2f},{m:.2f},{m * 1.1:.2f},2025-06-0{d}\n"
+            for c, f, m in [("base1-4", "holo", 310.0), ("base1-2", "holo", 95.0), ("base1-15", "holo", 70.0),
+                            ("base1-58", "normal", 4.5), ("sv1-1", "normal", 0.1), ("sv1-10", "normal", 0.35)]
+            for d in (1, 8))
+        assert not import_prices(s, feed.encode()).errors
     # A real crop for the review queue: the catalog image of Charizard, shrunk and JPEG-encoded.
     img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / "sv1-5" / "sv1-5.png"))
     crop = cv2.imencode(".jpg", cv2.resize(img, (160, 223)))[1].tobytes() if img is not None else b""

@@ -136,39 +136,110 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def fit_quad(mask: np.ndarray) -> np.ndarray | None:
+    """Quad of a binary region: 4 corners from the hull, then each side re-fitted as a least-squares line
+    through the region's boundary points on that side (robust to the staircase of a coarse mask)."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    cnt = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float32) + 0.5
+    q0 = hull_quad(cnt)
+    if q0 is None:
+        return None
+    q0 = order_quad(q0)
+    # distance of every boundary point to each side's line; points far from corners vote for a side
+    lines = []
+    for i in range(4):
+        a, b = q0[i], q0[(i + 1) % 4]
+        d = b - a
+        ln = float(np.linalg.norm(d))
+        if ln < 2:
+            return q0
+        u = d / ln
+        rel = cnt - a
+        t = rel @ u
+        dist = np.abs(rel[:, 0] * u[1] - rel[:, 1] * u[0])
+        sel = (t > 0.15 * ln) & (t < 0.85 * ln) & (dist < max(2.0, 0.08 * ln))
+        if sel.sum() < 4:
+            lines.append((a, u))
+            continue
+        vx, vy, x0, y0 = cv2.fitLine(cnt[sel].reshape(-1, 1, 2), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+    out = q0.copy()
+    for i in range(4):
+        (p1, d1), (p2, d2) = lines[(i - 1) % 4], lines[i]
+        den = d1[0] * d2[1] - d1[1] * d2[0]
+        if abs(den) < 1e-3:
+            continue
+        t = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
+        x = p1 + t * d1
+        if np.linalg.norm(x - q0[i]) < 0.25 * np.linalg.norm(q0[(i + 2) % 4] - q0[i]):
+            out[i] = x
+    return out
+
+
 def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.ndarray | None = None,
                 kernel_thresh: float = 0.5, min_cells: int = 3) -> list[Detection]:
-    """maps: [3, h, w] probabilities (face, kernel, top) at the detector output resolution."""
+    """maps: [3, h, w] probabilities (face, kernel, top) at the detector output resolution.
+
+    Kernel components = card instances. Each face pixel goes to its nearest kernel (distance transform),
+    and the card quad is fitted to that face region (no ×1/0.6 amplification of kernel-edge error); when
+    the face region is implausible (merged with a neighbour), the scaled-up kernel quad is used instead."""
     _, h, w = maps.shape
     up = OUTPUT_STRIDE  # work at input resolution: sub-cell accuracy from the interpolated probabilities
-    kern = cv2.resize(maps[1], (w * up, h * up), interpolation=cv2.INTER_LINEAR)
-    top = cv2.resize(maps[2], (w * up, h * up), interpolation=cv2.INTER_LINEAR)
+    size = (w * up, h * up)
+    face = cv2.resize(maps[0], size, interpolation=cv2.INTER_LINEAR)
+    kern = cv2.resize(maps[1], size, interpolation=cv2.INTER_LINEAR)
+    top = cv2.resize(maps[2], size, interpolation=cv2.INTER_LINEAR)
     binm = (kern > kernel_thresh).astype(np.uint8)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(binm, connectivity=4)
+    keep = [j for j in range(1, n) if stats[j, cv2.CC_STAT_AREA] >= min_cells * up * up]
+    if not keep:
+        return []
+    # nearest kernel component for every pixel
+    _, near = cv2.distanceTransformWithLabels((1 - binm).astype(np.uint8) * 255, cv2.DIST_L2, 3,
+                                              labelType=cv2.DIST_LABEL_CCOMP)
+    face_bin = face > 0.5
     dets: list[Detection] = []
-    for j in range(1, n):
-        if stats[j, cv2.CC_STAT_AREA] < min_cells * up * up:
-            continue
-        ys, xs = np.nonzero(lab == j)
-        pts = np.stack([xs, ys], 1).astype(np.float32) + 0.5
-        kq = hull_quad(pts)
+    for j in keep:
+        kmask = lab == j
+        ys, xs = np.nonzero(kmask)
+        kq = hull_quad(np.stack([xs, ys], 1).astype(np.float32) + 0.5)
         if kq is None:
             continue
         karea = abs(cv2.contourArea(kq))
         solidity = float(len(xs) / karea) if karea > 0 else 0.0
         c = kq.mean(0)
-        quad_in = c + (kq - c) / KERNEL_SHRINK
-        quad = (quad_in - np.array(off, np.float32)) / s  # input → frame pixels
+        quad_k = c + (kq - c) / KERNEL_SHRINK
+        region = (face_bin & (near == near[ys[0], xs[0]])).astype(np.uint8)
+        quad_in = None
+        if region.sum() > 0:
+            fq = fit_quad(region)
+            if fq is not None:
+                ratio = abs(cv2.contourArea(fq)) / max(abs(cv2.contourArea(quad_k)), 1e-6)
+                if 0.75 < ratio < 1.3:
+                    quad_in = fq
+        if quad_in is None:
+            quad_in = quad_k
+        else:  # boundary pixels lie half a pixel inside the region's true edge
+            cq = quad_in.mean(0)
+            side = 0.25 * sum(float(np.linalg.norm(quad_in[(k + 1) % 4] - quad_in[k])) for k in range(4))
+            quad_in = cq + (quad_in - cq) * (1 + 1.0 / max(side, 1.0))
+        # upsampled-map pixel centres (p + 0.5) → input coordinates: target cell i is centred on input
+        # coordinate i·stride, and bilinear upsampling puts cell i at upsampled p = (i + 0.5)·up − 0.5
+        shift = 0.5 * up - 0.5 + 0.5 - 0.5 * 0  # = up/2: (p + 0.5) − (up/2 − 0.5 + 0.5)
+        shift = up / 2.0
+        quad = (quad_in - shift - np.array(off, np.float32)) / s  # input → frame pixels
         quad = portrait_quad(order_quad(quad))
         # orientation: which half carries the "top" probability
-        qi = quad * s + np.array(off, np.float32)
+        qi = quad * s + np.array(off, np.float32) + shift
         t_half = np.array([qi[0], qi[1], (qi[1] + qi[2]) / 2, (qi[0] + qi[3]) / 2])
         b_half = np.array([(qi[0] + qi[3]) / 2, (qi[1] + qi[2]) / 2, qi[2], qi[3]])
         mt = _poly_mean(top, t_half)
         mb = _poly_mean(top, b_half)
         if mb > mt:
             quad = np.roll(quad, 2, axis=0)
-        score = float(kern[lab == j].mean())
+        score = float(kern[kmask].mean())
         if gray is not None:
             quad = refine_quad(gray, quad)
         dets.append(Detection(quad.astype(np.float32), score, "cnn", min(1.0, solidity),

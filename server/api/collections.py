@@ -167,7 +167,7 @@ def collection_out(session: Session, col: Collection) -> CollectionOut:
                          created_at=col.created_at, stacks=stacks, cards=int(cards))
 
 
-def item_filter(
+async def item_filter(
     q: str | None = Query(None, max_length=200, description="Words matched as prefixes against card name and artist."),
     set: str | None = Query(None, max_length=64, description="Set id, e.g. sv1."),
     rarity: str | None = Query(None, max_length=64),
@@ -177,6 +177,7 @@ def item_filter(
     finish: str | None = Query(None, max_length=32),
     language: str | None = Query(None, max_length=8),
 ) -> ItemFilter:
+    # async: pure computation, so FastAPI runs it inline instead of hopping to the thread pool.
     return ItemFilter(q=q, set=set, rarity=rarity, type=type, supertype=supertype, condition=condition, finish=finish,
                       language=language)
 
@@ -189,7 +190,7 @@ class PageParams(BaseModel):
     with_total: bool = False
 
 
-def page_params(
+async def page_params(
     sort: SortKey = Query("added", description="added (default), name, set, rarity, quantity, condition, updated, acquired, price_paid"),
     order: Literal["asc", "desc"] = Query("asc"),
     cursor: str | None = Query(None, max_length=1000, description="next_cursor of the previous page"),

@@ -73,7 +73,7 @@ class ResolverConfig:
     max_siblings: int = 12
     max_contenders: int = 6
     accept_confidence: float = 0.9
-    ocr: bool = True
+    ocr: bool = False
 
 
 @dataclass

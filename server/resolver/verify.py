@@ -219,10 +219,35 @@ def pairwise_region_scores(q_aligned: dict[str, np.ndarray], feats: dict[str, Fe
             m = diff_mask(feats[a], feats[b])
             if m is None:
                 continue  # identical faces (same image): nothing can tell them apart here
-            w = ncc(q_aligned[a], feats[a].norm, m) - ncc(q_aligned[b], feats[b].norm, m)
+            w = _patch_win(q_aligned[a], feats[a].norm, feats[b].norm, m)
+            if w is None:
+                w = ncc(q_aligned[a], feats[a].norm, m) - ncc(q_aligned[b], feats[b].norm, m)
             wins[a].append(w)
             wins[b].append(-w)
     return {c: (float(np.mean(v)) if v else 0.0) for c, v in wins.items()}
+
+
+def _patch_win(q: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, slack: int = 5,
+               max_frac: float = 0.25) -> float | None:
+    """Template-match a's and b's differing patch in the crop, allowing a few pixels of residual shift.
+
+    Differences like a collector number are a few pixels tall: a 2-3 px alignment error would swamp a
+    fixed-position comparison, so each candidate's patch may slide by ``slack`` px and keeps its best score.
+    None when the differing area is too large for one patch (then the masked NCC is used)."""
+    ys, xs = np.nonzero(m)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    if (y1 - y0) * (x1 - x0) > max_frac * m.size or (y1 - y0) < 4 or (x1 - x0) < 4:
+        return None
+    H, W = q.shape
+    sy0, sy1, sx0, sx1 = max(0, y0 - slack), min(H, y1 + slack), max(0, x0 - slack), min(W, x1 + slack)
+    region = np.ascontiguousarray(q[sy0:sy1, sx0:sx1])
+    ta = np.ascontiguousarray(a[y0:y1, x0:x1])
+    tb = np.ascontiguousarray(b[y0:y1, x0:x1])
+    if region.shape[0] < ta.shape[0] or region.shape[1] < ta.shape[1]:
+        return None
+    sa = float(cv2.matchTemplate(region, ta, cv2.TM_CCOEFF_NORMED).max())
+    sb = float(cv2.matchTemplate(region, tb, cv2.TM_CCOEFF_NORMED).max())
+    return sa - sb
 
 
 # --- OCR (optional) ---------------------------------------------------------------------------------------
@@ -259,8 +284,9 @@ def ocr_numbers(crop: np.ndarray) -> list[str]:
 
 
 def number_matches(read: list[str], number: str) -> bool:
+    """Whether an OCR'd number equals the catalog number ('WE157' read from 'WE 157/232' matches '157')."""
     n = (number or "").upper().lstrip("0") or "0"
-    return n in read
+    return any(r == n or (n.isdigit() and re.sub(r"^[A-Z]+", "", r).lstrip("0") == n) for r in read)
 
 
 __all__ = ["CANON", "CatalogImages", "Features", "Geometric", "ZONES", "align", "diff_mask", "extract", "geometric",

@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
 from server import accounts
-from server.api.collections import (PageParams, folder_scope, item_filter, restack, share_hash, shared_collection,
+from server.api.collections import (PageParams, folder_scope, restack, share_hash, shared_collection,
                                     _owned_folder)
 from server.api.review import owned_scan, review_item, review_queue
 from server.collections_service import (ItemFilter, analytics, apply_scan, items_page, owned_collection,
@@ -178,7 +178,7 @@ def _filter_options(s, scope_ids) -> dict:
 def _grid_args(request: Request):
     qp = request.query_params
     try:
-        flt = item_filter(q=qp.get("q") or None, set=qp.get("set") or None, rarity=qp.get("rarity") or None,
+        flt = ItemFilter(q=qp.get("q") or None, set=qp.get("set") or None, rarity=qp.get("rarity") or None,
                           type=qp.get("type") or None, supertype=qp.get("supertype") or None,
                           condition=Condition(qp["condition"]) if qp.get("condition") else None,
                           finish=qp.get("finish") or None, language=qp.get("language") or None)
