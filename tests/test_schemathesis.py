@@ -77,7 +77,8 @@ def test_schemathesis_finds_no_server_errors(catalog_url, tmp_path, request):
              # Revoking the fuzzer's own token or changing its password would end the run early.
              "--exclude-path", "/api/v1/me/tokens/{token_id}", "--exclude-path", "/api/v1/me/password",
              "--report", "junit", "--report-junit-path", str(out_dir / f"{name}.xml")],
-            capture_output=True, text=True, timeout=SECONDS + 240, env={**os.environ, "NO_COLOR": "1"})
+            capture_output=True, text=True, timeout=SECONDS + 240, env={**os.environ, "NO_COLOR": "1"},
+            cwd=tmp_path)  # schemathesis keeps a .schemathesis/ cache in its working directory
     finally:
         server.should_exit = True
         t.join(10)

@@ -225,14 +225,12 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
             cq = quad_in.mean(0)
             side = 0.25 * sum(float(np.linalg.norm(quad_in[(k + 1) % 4] - quad_in[k])) for k in range(4))
             quad_in = cq + (quad_in - cq) * (1 + 1.0 / max(side, 1.0))
-        # upsampled-map pixel centres (p + 0.5) → input coordinates: target cell i is centred on input
-        # coordinate i·stride, and bilinear upsampling puts cell i at upsampled p = (i + 0.5)·up − 0.5
-        shift = 0.5 * up - 0.5 + 0.5 - 0.5 * 0  # = up/2: (p + 0.5) − (up/2 − 0.5 + 0.5)
-        shift = up / 2.0
-        quad = (quad_in - shift - np.array(off, np.float32)) / s  # input → frame pixels
+        # quad_in is in input pixel-area coordinates (cell i of the maps covers [i·stride, (i+1)·stride),
+        # see models/detector/data.py); frame quads use pixel-centre coordinates
+        quad = (quad_in - np.array(off, np.float32)) / s - 0.5
         quad = portrait_quad(order_quad(quad))
-        # orientation: which half carries the "top" probability
-        qi = quad * s + np.array(off, np.float32) + shift
+        # orientation: which half carries the "top" probability (upsampled pixel j ↔ input j + 0.5)
+        qi = (quad + 0.5) * s + np.array(off, np.float32) - 0.5
         t_half = np.array([qi[0], qi[1], (qi[1] + qi[2]) / 2, (qi[0] + qi[3]) / 2])
         b_half = np.array([(qi[0] + qi[3]) / 2, (qi[1] + qi[2]) / 2, qi[2], qi[3]])
         mt = _poly_mean(top, t_half)

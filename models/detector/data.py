@@ -1,6 +1,8 @@
 """Detector training data: simulated captures (exact quads) + the real playing-card photos' TRAIN split
 (axis-aligned boxes only: weak supervision), as letterboxed 160×120 inputs with 40×30 target maps.
 
+Targets are *soft*: drawn at 4× the output resolution and area-averaged (coverage per cell), so a
+thresholded, bilinearly upsampled prediction puts card edges between cells (sub-cell accuracy).
 Targets (``device.vision.detector`` decodes the same three channels):
   0 face   – visible card face (any card)
   1 kernel – the card quad shrunk about its centre by ``KERNEL_SHRINK``; separates touching/overlapping
@@ -42,17 +44,35 @@ def shrink(quad: np.ndarray, k: float = KERNEL_SHRINK) -> np.ndarray:
     return c + (q - c) * k
 
 
+SS = 4  # supersampling of the targets
+
+
+def frame_shift(s: float, off: tuple[float, float]) -> np.ndarray:
+    """Add to frame coordinates, then multiply by r = s·SS/stride, to get supersampled drawing coordinates."""
+    return np.array(off, np.float32) / s + 0.5 - 0.5 * OUTPUT_STRIDE / (SS * s)
+
+
+def _soft(m: np.ndarray) -> np.ndarray:
+    """Supersampled binary map → coverage per output cell, as uint8 0..255."""
+    return np.round(cv2.resize(m.astype(np.float32), OUT_SIZE, interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)
+
+
 def targets_from_quads(cards: list[dict], z_order: list[int], s: float, off: tuple[float, float],
                        min_visible: float = 0.45) -> tuple[np.ndarray, np.ndarray]:
     """cards: [{quad, visible}] in frame pixels; z_order: drawing order (bottom first); s/off map frame
-    pixels to detector-input pixels (letterbox)."""
-    ow, oh = OUT_SIZE
-    r = s / OUTPUT_STRIDE
+    pixels to detector-input pixels (letterbox). Returns (targets uint8 0..255 coverage, weights 0/1).
+
+    Grid convention (pixel-area coordinates): output cell i covers input [i·stride, (i+1)·stride), which is
+    what bilinear upsampling on the device assumes. Frame quads are pixel-centre coordinates x, so the input
+    position is U = (x + 0.5)·s + off and the supersampled drawing coordinate is U·SS/stride − 0.5."""
+    ow, oh = OUT_SIZE[0] * SS, OUT_SIZE[1] * SS
+    r = s * SS / OUTPUT_STRIDE
+    shift = frame_shift(s, off)
     face = np.zeros((oh, ow), np.uint8)
     kern = np.zeros((oh, ow), np.uint8)
     top = np.zeros((oh, ow), np.uint8)
     for i in z_order:
-        q = np.asarray(cards[i]["quad"], np.float32) + np.array(off, np.float32) / s
+        q = np.asarray(cards[i]["quad"], np.float32) + shift
         _fill(face, q, 1, r)
         _fill(kern, q, 0, r)
         _fill(top, q, 0, r)
@@ -60,7 +80,7 @@ def targets_from_quads(cards: list[dict], z_order: list[int], s: float, off: tup
             _fill(kern, shrink(q), 1, r)
         half = np.array([q[0], q[1], (q[1] + q[2]) / 2, (q[0] + q[3]) / 2])
         _fill(top, half, 1, r)
-    y = np.stack([face, kern, top])
+    y = np.stack([_soft(face), _soft(kern), _soft(top)])
     return y, np.ones_like(y)
 
 
@@ -107,23 +127,22 @@ def photo_item(path: Path, boxes: list, rng: np.random.Generator) -> tuple[np.nd
     img = np.clip(x, 0, 255).astype(np.uint8)
     xin, s, off = letterbox(img)
     ow, oh = OUT_SIZE
-    r = s / OUTPUT_STRIDE
-    face = np.zeros((oh, ow), np.uint8)
-    kern = np.zeros((oh, ow), np.uint8)
+    r = s * SS / OUTPUT_STRIDE
+    shift = frame_shift(s, off) - 0.5  # boxes are pixel-area coordinates: x = X − 0.5
+    face = np.zeros((oh * SS, ow * SS), np.uint8)
+    kern = np.zeros((oh * SS, ow * SS), np.uint8)
     wt = np.ones((3, oh, ow), np.uint8)
     wt[2] = 0  # playing cards look the same both ways up: no orientation supervision
     for bx in b:
-        q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + np.array(off) / s
+        q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
         _fill(face, q, 1, r)
         _fill(kern, shrink(q), 1, r)
         # ignore a ring around the box edge: the box is axis-aligned, the card may not be
-        ring = np.zeros_like(face)
-        cv2.polylines(ring, [np.round(q * r * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
-        wt[0][ring > 0] = 0
-        ring = np.zeros_like(face)
-        cv2.polylines(ring, [np.round(shrink(q) * r * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
-        wt[1][ring > 0] = 0
-    y = np.stack([face, kern, np.zeros_like(face)])
+        for ch, qq in ((0, q), (1, shrink(q))):
+            ring = np.zeros((oh, ow), np.uint8)
+            cv2.polylines(ring, [np.round(qq * (r / SS) * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
+            wt[ch][ring > 0] = 0
+    y = np.stack([_soft(face), _soft(kern), np.zeros((oh, ow), np.uint8)])
     return xin, y, wt
 
 

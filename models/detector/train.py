@@ -35,11 +35,16 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     d = np.load(args.data)
-    X, Y, W = d["x"], d["y"].astype(np.float32), d["w"].astype(np.float32)
+    X, W = d["x"], d["w"].astype(np.float32)
+    Y = d["y"].astype(np.float32)
+    if Y.max() > 1.5:  # soft targets stored as 0..255 coverage
+        Y /= 255.0
     n = len(X)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = CardDetector()
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     start = 0
     ck = out / "ckpt.pt"
@@ -98,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="state_dict to start from")
     return ap
 
 
