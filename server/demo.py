@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     mqtt_port = args.mqtt_port or _free_port()
     settings = ServerSettings(
         database_url=f"sqlite:///{workdir / 'scanemon.db'}", data_dir=workdir, host=args.host, port=args.port,
-        catalog_images=args.images, mqtt=MqttSettings(port=mqtt_port, protocol="3.1.1", embedded=True))
+        catalog_images=workdir / "catalog", mqtt=MqttSettings(port=mqtt_port, protocol="3.1.1", embedded=True))
     upgrade(settings.database_url)
     db = Database(settings.database_url)
     _ensure_catalog(db, args.pokemon_tcg_data, args.images)

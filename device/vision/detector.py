@@ -78,7 +78,8 @@ def hull_quad(points: np.ndarray) -> np.ndarray | None:
     return cv2.boxPoints(cv2.minAreaRect(hull)).astype(np.float32)
 
 
-def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.035, samples: int = 14) -> np.ndarray:
+def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.035, samples: int = 14,
+                outer_frac: float = 0.6) -> np.ndarray:
     """Snap each side of ``quad`` to the strongest nearby edge of ``gray`` (full resolution) and intersect
     the fitted lines. Keeps the input when the edges are weak or the result degenerates."""
     q = np.asarray(quad, np.float32)
@@ -103,7 +104,11 @@ def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.035, sampl
         vals = cv2.remap(gray, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         grad = np.abs(np.diff(vals, axis=1))
-        k = grad.argmax(1)
+        # the card's outline is its *outermost* strong edge: the border's inner edge (frame, art window)
+        # is often as strong, a few pixels inside
+        peak = grad.max(1, keepdims=True)
+        strong = grad >= outer_frac * peak
+        k = (grad.shape[1] - 1 - np.argmax(strong[:, ::-1], axis=1)) if outer_frac < 1 else grad.argmax(1)
         strength = grad[np.arange(len(k)), k]
         good = strength > max(8.0, 0.5 * float(np.median(strength)))
         if good.sum() < 4:

@@ -24,14 +24,17 @@ import torch
 
 from device.vision.geometry import embedder_views
 from models.embedder.data import CatalogIndex, capture_crop, clean_views, load_card, to_tensor_batch
-from models.embedder.model import CardEmbedder, centred_thumb
+from models.embedder.model import CardEmbedder
 
 
-def thumbs(model: CardEmbedder, g: list[np.ndarray], s: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def thumbs(model: CardEmbedder, g, s, bs: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The linear paths' input features (L2-normalised; the final normalisation makes the scale moot)."""
+    outg, outs = [], []
     with torch.no_grad():
-        tg = centred_thumb(torch.from_numpy(to_tensor_batch(g)), model.g.pool).numpy()
-        ts = centred_thumb(torch.from_numpy(to_tensor_batch(s)), model.s.pool).numpy()
-    return _unit(tg), _unit(ts)
+        for i in range(0, len(g), bs):
+            outg.append(model.g.lin_features(torch.from_numpy(to_tensor_batch(list(g[i:i + bs])))).numpy())
+            outs.append(model.s.lin_features(torch.from_numpy(to_tensor_batch(list(s[i:i + bs])))).numpy())
+    return _unit(np.concatenate(outg)), _unit(np.concatenate(outs))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -79,12 +82,20 @@ def sample_pairs(index: CatalogIndex, catalog_dir: str, n: int, seed: int, model
     return cards, (tcg, tcs), (tag, tas), (thg, ths), np.array(has_h)
 
 
-def fit(catalog_dir: str, n: int = 6000, seed: int = 7, out: str | None = None) -> CardEmbedder:
+def fit(catalog_dir: str, n: int = 6000, seed: int = 7, out: str | None = None, pairs: str | None = None) -> CardEmbedder:
     torch.manual_seed(seed)
     model = CardEmbedder()
     index = CatalogIndex.load(catalog_dir)
     t0 = time.time()
-    cards, (tcg, tcs), (tag, tas), (thg, ths), hidx = sample_pairs(index, catalog_dir, n, seed, model)
+    if pairs:  # cached by models.embedder.pairs
+        P = np.load(pairs)
+        cards = P["card"]
+        tcg, tcs = thumbs(model, P["cg"], P["cs"])
+        tag, tas = thumbs(model, P["ag"], P["as"])
+        thg, ths = thumbs(model, P["hg"], P["hs"])
+        hidx = np.arange(len(cards))
+    else:
+        cards, (tcg, tcs), (tag, tas), (thg, ths), hidx = sample_pairs(index, catalog_dir, n, seed, model)
     rng = np.random.default_rng(seed + 1)
     perm = rng.permutation(len(cards))
     # global: random pairs + hard pairs
@@ -109,6 +120,8 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--pairs", help="cached pairs .npz (models.embedder.pairs) instead of sampling")
     a = ap.parse_args()
     cv2.setNumThreads(1)
-    fit(a.catalog, a.n, a.seed, a.out)
+    torch.set_num_threads(2)
+    fit(a.catalog, a.n, a.seed, a.out, a.pairs)
