@@ -44,7 +44,7 @@ def rectify(img: np.ndarray, quad: np.ndarray, size: tuple[int, int] = RECT_SIZE
 def _looks_like_crop(img: np.ndarray) -> bool:
     h, w = img.shape[:2]
     a = min(w, h) / max(w, h)
-    return abs(a - CARD_ASPECT) < 0.08
+    return abs(a - CARD_ASPECT) < 0.025  # tight: a 4:3 camera frame (0.75) is not a crop
 
 
 def detect_quads(img: np.ndarray, max_cards: int = 9, min_area_frac: float = 0.03) -> list[np.ndarray]:
@@ -56,8 +56,11 @@ def detect_quads(img: np.ndarray, max_cards: int = 9, min_area_frac: float = 0.0
     gray = cv2.GaussianBlur(gray, (5, 5), 0)
     area_img = small.shape[0] * small.shape[1]
     found: list[tuple[float, np.ndarray]] = []
-    for lo, hi in ((30, 90), (60, 160)):
-        edges = cv2.dilate(cv2.Canny(gray, lo, hi), np.ones((3, 3), np.uint8))
+    for lo, hi, close in ((30, 90, 3), (60, 160, 3), (30, 90, 9)):
+        edges = cv2.Canny(gray, lo, hi)
+        # A closing bridges gaps in the card outline (glare, sleeve edges) so it forms one contour.
+        edges = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, np.ones((close, close), np.uint8)) if close > 3 else \
+            cv2.dilate(edges, np.ones((3, 3), np.uint8))
         contours, _ = cv2.findContours(edges, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         for cnt in contours:
             area = cv2.contourArea(cnt)
@@ -70,7 +73,7 @@ def detect_quads(img: np.ndarray, max_cards: int = 9, min_area_frac: float = 0.0
             q = order_quad(approx.reshape(4, 2))
             sw = (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])) / 2
             sh = (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])) / 2
-            if sh <= 0 or not 0.5 < sw / sh < 0.95:
+            if sh <= 0 or not 0.58 < sw / sh < 0.88:
                 continue
             found.append((cv2.contourArea(q), q / s))
     found.sort(key=lambda t: -t[0])
