@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=Path("var/demo"), help="where the demo keeps its state")
     ap.add_argument("--bundle", type=Path, default=REPO / "models" / "bundles" / "demo")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
     ap.add_argument("--mqtt-port", type=int, default=11883, help="embedded broker port (0: any free port)")
     ap.add_argument("--cards", type=int, default=12, help="cards in the simulated stack")
     ap.add_argument("--seed", type=int, default=1)
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.dir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     mqtt_port = args.mqtt_port or _free_port()
+    args.port = args.port or _free_port()
     settings = ServerSettings(
         database_url=f"sqlite:///{workdir / 'scanemon.db'}", data_dir=workdir, host=args.host, port=args.port,
         catalog_images=workdir / "catalog", mqtt=MqttSettings(port=mqtt_port, protocol="3.1.1", embedded=True))

@@ -94,30 +94,44 @@ def find_cards(img: np.ndarray, max_cards: int = 9) -> list[np.ndarray]:
     whole = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     if w > h and _looks_like_crop(img):  # a landscape crop: the card lies on its side
         whole = np.roll(whole, -1, axis=0)
-    quads = _device_detector(img)
-    if quads is None:
-        quads = detect_quads(img, max_cards)
+    # Both detectors, merged: on simulated photos each finds cards the other misses.
+    quads = _merge((_device_detector(img) or []) + detect_quads(img, max_cards), max_cards)
     if _looks_like_crop(img) and (not quads or cv2.contourArea(quads[0]) > 0.6 * h * w):
         return [whole]
     return quads or ([whole] if _looks_like_crop(img) else [])
 
 
+def _merge(quads: list[np.ndarray], max_cards: int) -> list[np.ndarray]:
+    quads = sorted(quads, key=lambda q: -cv2.contourArea(np.asarray(q, np.float32)))
+    out: list[np.ndarray] = []
+    for q in quads:
+        c, size = q.mean(0), np.linalg.norm(q[2] - q[0])
+        if all(np.linalg.norm(c - o.mean(0)) > 0.3 * size for o in out):
+            out.append(q)
+    return out[:max_cards]
+
+
 def _device_detector(img: np.ndarray):
-    """device.vision's classical detector when it is there (the same quads the Pi would see)."""
-    try:
-        from device.vision import detect as dv  # type: ignore
-    except ImportError:
+    """device.vision's classical detector when it is there (the same quads the Pi would see), else None."""
+    global _DEVICE_DET
+    if _DEVICE_DET is None:
+        try:
+            from device.vision.detector import ContourDetector  # type: ignore
+
+            _DEVICE_DET = ContourDetector()
+        except Exception as exc:  # not built yet / API changed: fall back to ours
+            log.debug("device.vision detector unavailable (%s); using the resolver's contour detector", exc)
+            _DEVICE_DET = False
+    if _DEVICE_DET is False:
         return None
     try:
-        fn = getattr(dv, "detect_quads", None) or getattr(dv, "detect", None)
-        if fn is None:
-            return None
-        res = fn(img)
-        quads = [np.asarray(getattr(r, "quad", r), np.float32).reshape(4, 2) for r in res]
-        return quads
-    except Exception as exc:  # their API may differ or change: fall back to ours
-        log.debug("device.vision detector unusable (%s); using the contour detector", exc)
+        return [np.asarray(d.quad, np.float32).reshape(4, 2) for d in _DEVICE_DET.detect(img)] or None
+    except Exception as exc:
+        log.debug("device.vision detector failed (%s); using the contour detector", exc)
         return None
+
+
+_DEVICE_DET = None
 
 
 __all__ = ["RECT_SIZE", "detect_quads", "find_cards", "order_quad", "rectify"]
