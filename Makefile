@@ -17,7 +17,7 @@ APT_PACKAGES := mosquitto mosquitto-clients postgresql chromium tesseract-ocr
 PYTEST_ARGS ?=
 export SCANEMON_SHARED_DATA := $(SHARED_DATA)
 
-.PHONY: help setup system-deps demo test test-fast reliability bench bench-ingest bench-faiss bench-collection \
+.PHONY: help setup system-deps demo test test-fast reliability bench bench-ingest bench-faiss bench-collection bench-resolver bench-device \
         eval models catalog serve clean
 
 help:
@@ -63,13 +63,16 @@ demo: setup ## one box: server + embedded broker + simulated device scanning a s
 serve: setup
 	$(BIN)/scanemon-server serve
 
-bench: bench-ingest bench-faiss bench-collection ## all benchmarks
+bench: bench-ingest bench-faiss bench-collection bench-resolver bench-device ## all benchmarks
 
 bench-ingest: setup
 	$(BIN)/python -m tests.bench.bench_ingest --devices 4 --rate 500 --seconds 10 --workers 2 --batch-max 100
 
 bench-faiss: setup
 	$(BIN)/python tests/bench/bench_faiss.py
+
+bench-resolver: setup
+	$(BIN)/python tests/bench/bench_resolver.py --catalog var/catalog --n 300 --no-ocr
 
 bench-collection: setup
 	$(BIN)/python tests/bench/bench_collection.py

@@ -30,7 +30,17 @@ def client(settings):
 
     from server.app import create_app
 
-    with TestClient(create_app(settings)) as c:
+    from server.accounts import create_user
+    from server.auth import issue_token
+    from server.db.session import Database
+
+    db = Database(settings.database_url)
+    with db.session() as s:
+        token = issue_token(s, create_user(s, "scanner-user"), "identify", ["read"])
+    with TestClient(create_app(settings, db)) as c:
+        anonymous = c.post("/api/v1/identify", files={"image": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")})
+        assert anonymous.status_code == 401  # the resolver is not open to the world
+        c.headers["Authorization"] = f"Bearer {token}"
         yield c
 
 

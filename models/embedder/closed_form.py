@@ -41,6 +41,24 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
 
 
+def centre(f: np.ndarray, n_edge: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Per-channel mean removal of the thumbnail part (edge cells are left as they are)."""
+    f = f.copy()
+    c, h, w = shape
+    t = f[:, n_edge:].reshape(len(f), c, h * w)
+    f[:, n_edge:] = (t - t.mean(2, keepdims=True)).reshape(len(f), -1)
+    return f
+
+
+def fold_centring(W: np.ndarray, n_edge: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """W·centre(f) == fold_centring(W)·f: centring is linear, so it lives in the weights."""
+    W = W.copy()
+    c, h, w = shape
+    blk = W[:, n_edge:].reshape(len(W), c, h * w)
+    W[:, n_edge:] = (blk - blk.mean(2, keepdims=True)).reshape(len(W), -1)
+    return W
+
+
 def gen_eig_projection(pos: np.ndarray, neg: np.ndarray, dim: int, shrink: float = 0.05) -> np.ndarray:
     d = pos.shape[1]
     sp = pos.T @ pos / len(pos)
@@ -96,6 +114,9 @@ def fit(catalog_dir: str, n: int = 6000, seed: int = 7, out: str | None = None, 
         hidx = np.arange(len(cards))
     else:
         cards, (tcg, tcs), (tag, tas), (thg, ths), hidx = sample_pairs(index, catalog_dir, n, seed, model)
+    gb, sb = model.g, model.s
+    tcg, tag, thg = (_unit(centre(x, gb.N_EDGE, gb.THUMB_SHAPE)) for x in (tcg, tag, thg))
+    tcs, tas, ths = (_unit(centre(x, sb.N_EDGE, sb.THUMB_SHAPE)) for x in (tcs, tas, ths))
     rng = np.random.default_rng(seed + 1)
     perm = rng.permutation(len(cards))
     # global: random pairs + hard pairs
@@ -104,6 +125,8 @@ def fit(catalog_dir: str, n: int = 6000, seed: int = 7, out: str | None = None, 
     neg_s = np.concatenate([tcs - tcs[perm], tcs[hidx] - ths, tcs[hidx] - ths])  # strip: hard pairs weigh double
     wg = gen_eig_projection(pos_g, neg_g, model.g.lin.out_features)
     ws = gen_eig_projection(pos_s, neg_s, model.s.lin.out_features)
+    wg = fold_centring(wg, gb.N_EDGE, gb.THUMB_SHAPE)
+    ws = fold_centring(ws, sb.N_EDGE, sb.THUMB_SHAPE)
     with torch.no_grad():
         model.g.lin.weight.copy_(torch.from_numpy(wg))
         model.s.lin.weight.copy_(torch.from_numpy(ws))

@@ -26,23 +26,23 @@ import torch.nn.functional as F
 
 GLOBAL_DIM = 128
 STRIP_DIM = 64
-STRIP_WEIGHT = 0.3  # weight of the strip cosine in the combined score (tuned on held-out captures)
+STRIP_WEIGHT = 0.2  # weight of the strip cosine in the combined score (tuned on held-out captures)
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def centred_thumb(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
-    """Average-pooled thumbnail minus its per-channel mean, flattened: invariant to additive brightness,
-    and (after the final L2 normalisation of a bias-free linear map) to global gain and contrast."""
-    t = pool(x)
-    t = t - t.mean(dim=(2, 3), keepdim=True)
-    return t.reshape(t.shape[0], -1)
+def thumb(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """Average-pooled colour thumbnail, flattened (C, H, W order). The closed-form fit centres it per
+    channel (invariance to additive brightness) and folds that centring into ``lin`` — a linear map — so
+    the int8 graph has no MEAN/SUB ops; with the final L2 normalisation of a bias-free linear map the
+    embedding is also invariant to global gain and contrast."""
+    return pool(x).reshape(x.shape[0], -1)
 
 
 class OrientedEdges(nn.Module):
-    """Fixed (not trained) 3×3 Sobel filters at 8 orientations on the grey image, rectified: a HOG-like
+    """3×3 Sobel filters at 8 orientations on the grey image, rectified: a HOG-like
     response map. Pooled into cells it describes digits and set-symbol outlines far better than raw pixels,
     and it is a plain Conv2d + ReLU in the int8 graph."""
 
@@ -56,7 +56,7 @@ class OrientedEdges(nn.Module):
         self.conv = nn.Conv2d(3, n, 3, 1, 1, bias=False)
         with torch.no_grad():
             self.conv.weight.copy_(w[:, None].repeat(1, 3, 1, 1) / 3)  # grey = mean of RGB
-        self.conv.weight.requires_grad_(False)
+        # a regular parameter (the quantiser annotates parameter convs); fine-tuning may adapt it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv(x))
@@ -64,11 +64,16 @@ class OrientedEdges(nn.Module):
 
 class GlobalBranch(nn.Module):
     THUMB_POOL = 8  # 128×96 → 16×12 thumbnail (576 values)
+    EDGE_POOL = 8  # 128×96 → 16×12 cells × 8 orientations (1536 values)
+    N_EDGE = 8 * 16 * 12
+    THUMB_SHAPE = (3, 16, 12)
 
     def __init__(self, dim: int = GLOBAL_DIM):
         super().__init__()
         self.pool = nn.AvgPool2d(self.THUMB_POOL)
-        self.lin = nn.Linear(3 * 16 * 12, dim, bias=False)
+        self.edges = OrientedEdges()
+        self.edge_pool = nn.AvgPool2d(self.EDGE_POOL)
+        self.lin = nn.Linear(self.N_EDGE + 3 * 16 * 12, dim, bias=False)
         # input 3×128×96 (H×W); ~12 M MACs.
         self.features = nn.Sequential(
             nn.AvgPool2d(2),              # 64×48
@@ -84,7 +89,8 @@ class GlobalBranch(nn.Module):
         nn.init.zeros_(self.fc.weight)
 
     def lin_features(self, x: torch.Tensor) -> torch.Tensor:
-        return centred_thumb(x, self.pool)
+        e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
+        return torch.cat([e, thumb(x, self.pool)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin(self.lin_features(x)) + self.fc(self.features(x).reshape(x.shape[0], -1))
@@ -93,6 +99,8 @@ class GlobalBranch(nn.Module):
 class StripBranch(nn.Module):
     THUMB_POOL = (4, 8)  # 32×192 → 8×24 colour thumbnail (576 values)
     EDGE_POOL = (4, 4)  # 32×192 → 8×48 cells × 8 orientations (3072 values)
+    N_EDGE = 8 * 8 * 48
+    THUMB_SHAPE = (3, 8, 24)
 
     def __init__(self, dim: int = STRIP_DIM):
         super().__init__()
@@ -115,7 +123,7 @@ class StripBranch(nn.Module):
 
     def lin_features(self, x: torch.Tensor) -> torch.Tensor:
         e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
-        return torch.cat([e, centred_thumb(x, self.pool)], 1)
+        return torch.cat([e, thumb(x, self.pool)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin(self.lin_features(x)) + self.fc(self.features(x).reshape(x.shape[0], -1))

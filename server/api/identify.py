@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi import APIRouter, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
+
+from server.auth import Principal, require
 
 router = APIRouter(prefix="/api/v1", tags=["identify"])
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ def get_resolver(request: Request):
 
 
 @router.post("/identify", response_model=IdentifyOut)
-async def identify(request: Request, image: UploadFile = File(description="JPEG/PNG/WebP: a photo or a card crop")):
+async def identify(request: Request, image: UploadFile = File(description="JPEG/PNG/WebP: a photo or a card crop"),
+                   _principal: Principal = Depends(require("read"))):
     t0 = time.perf_counter()
     data = await image.read()
     try:
