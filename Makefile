@@ -71,7 +71,10 @@ bench-ingest: setup
 bench-faiss: setup
 	$(BIN)/python tests/bench/bench_faiss.py
 
-bench-resolver: setup
+var/catalog/index.jsonl: | setup  # every printing rendered (real sv1 scans where they exist), ~3 min
+	$(BIN)/python -m models.synth catalog --pokemon-tcg-data $(PTCG) --images $(SV1_IMAGES) --out var/catalog
+
+bench-resolver: setup var/catalog/index.jsonl
 	$(BIN)/python tests/bench/bench_resolver.py --catalog var/catalog --n 300 --no-ocr
 
 bench-collection: setup

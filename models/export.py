@@ -45,13 +45,16 @@ def build_module(kind: str, checkpoint: str):
         from models.embedder.model import CardEmbedder
 
         m = CardEmbedder()
+        m.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        m.prune_unused()
     elif kind == "detector":
         from models.detector.model import CardDetector
 
         m = CardDetector()
     else:
         raise SystemExit(f"unknown kind {kind!r}")
-    m.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    if kind == "detector":
+        m.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     m.eval()
 
     class NHWC(torch.nn.Module):

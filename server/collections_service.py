@@ -157,7 +157,7 @@ def suggested_card(scan: Scan) -> str | None:
 
 def owned_collection(session: Session, principal, collection_id: int) -> Collection:
     """The caller's collection, or 404 (not 403: do not reveal that another user's id exists)."""
-    col = session.get(Collection, collection_id)
+    col = session.get(Collection, collection_id) if 0 < collection_id < 2**63 else None
     if col is None or col.user_id != principal.user_id:
         raise HTTPException(404, f"collection {collection_id} not found")
     return col

@@ -28,6 +28,7 @@ from device.vision.geometry import CARD_ASPECT, order_quad, portrait_quad
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
 OUTPUT_STRIDE = 4
 KERNEL_SHRINK = 0.6
+FACE_GROW = -0.5  # input pixels added around a fitted face region (the predicted face is slightly fat); tuned on simulated captures
 REJECT_REASONS = ("no_card", "too_small", "partially_out_of_view", "occluded", "too_blurry", "glare")
 
 
@@ -78,7 +79,7 @@ def hull_quad(points: np.ndarray) -> np.ndarray | None:
     return cv2.boxPoints(cv2.minAreaRect(hull)).astype(np.float32)
 
 
-def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.035, samples: int = 14,
+def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.02, samples: int = 14,
                 outer_frac: float = 0.6) -> np.ndarray:
     """Snap each side of ``quad`` to the strongest nearby edge of ``gray`` (full resolution) and intersect
     the fitted lines. Keeps the input when the edges are weak or the result degenerates."""
@@ -141,46 +142,50 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def fit_quad(mask: np.ndarray) -> np.ndarray | None:
-    """Quad of a binary region: 4 corners from the hull, then each side re-fitted as a least-squares line
-    through the region's boundary points on that side (robust to the staircase of a coarse mask)."""
+def fit_quad(mask: np.ndarray, iterations: int = 2) -> np.ndarray | None:
+    """Quad of a binary region: start from its minimum-area rectangle (robust to rounded, blurred or
+    clipped corners), then re-fit each side as a robust line through the boundary points nearest to it
+    and intersect neighbouring sides (recovers perspective trapezoids)."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None
     cnt = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float32) + 0.5
-    q0 = hull_quad(cnt)
-    if q0 is None:
+    if len(cnt) < 8:
         return None
-    q0 = order_quad(q0)
-    # distance of every boundary point to each side's line; points far from corners vote for a side
-    lines = []
-    for i in range(4):
-        a, b = q0[i], q0[(i + 1) % 4]
-        d = b - a
-        ln = float(np.linalg.norm(d))
-        if ln < 2:
-            return q0
-        u = d / ln
-        rel = cnt - a
-        t = rel @ u
-        dist = np.abs(rel[:, 0] * u[1] - rel[:, 1] * u[0])
-        sel = (t > 0.15 * ln) & (t < 0.85 * ln) & (dist < max(2.0, 0.08 * ln))
-        if sel.sum() < 4:
-            lines.append((a, u))
-            continue
-        vx, vy, x0, y0 = cv2.fitLine(cnt[sel].reshape(-1, 1, 2), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
-        lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
-    out = q0.copy()
-    for i in range(4):
-        (p1, d1), (p2, d2) = lines[(i - 1) % 4], lines[i]
-        den = d1[0] * d2[1] - d1[1] * d2[0]
-        if abs(den) < 1e-3:
-            continue
-        t = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
-        x = p1 + t * d1
-        if np.linalg.norm(x - q0[i]) < 0.25 * np.linalg.norm(q0[(i + 2) % 4] - q0[i]):
-            out[i] = x
-    return out
+    q = order_quad(cv2.boxPoints(cv2.minAreaRect(cnt.reshape(-1, 1, 2))).astype(np.float32))
+    for _ in range(iterations):
+        sides = []
+        for i in range(4):
+            a, b = q[i], q[(i + 1) % 4]
+            d = b - a
+            ln = float(np.linalg.norm(d))
+            if ln < 2:
+                return q
+            u = d / ln
+            rel = cnt - a
+            sides.append((a, u, ln, rel @ u, rel[:, 0] * u[1] - rel[:, 1] * u[0]))
+        dist = np.abs(np.stack([s_[4] for s_ in sides], 1))  # points × sides
+        near = dist.argmin(1)
+        lines = []
+        for i, (a, u, ln, t, _) in enumerate(sides):
+            sel = (near == i) & (t > 0.1 * ln) & (t < 0.9 * ln)
+            if sel.sum() < 4:
+                lines.append((a, u))
+                continue
+            vx, vy, x0, y0 = cv2.fitLine(cnt[sel].reshape(-1, 1, 2), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+            lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+        new = q.copy()
+        for i in range(4):
+            (p1, d1), (p2, d2) = lines[(i - 1) % 4], lines[i]
+            den = d1[0] * d2[1] - d1[1] * d2[0]
+            if abs(den) < 1e-3:
+                continue
+            t = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
+            x = p1 + t * d1
+            if np.linalg.norm(x - q[i]) < 0.3 * np.linalg.norm(q[(i + 2) % 4] - q[i]):
+                new[i] = x
+        q = new
+    return q
 
 
 def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.ndarray | None = None,
@@ -222,14 +227,14 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
             fq = fit_quad(region)
             if fq is not None:
                 ratio = abs(cv2.contourArea(fq)) / max(abs(cv2.contourArea(quad_k)), 1e-6)
-                if 0.75 < ratio < 1.3:
+                if 0.5 < ratio < 1.6:  # else the face region merged with a neighbour (or is a fragment)
                     quad_in = fq
         if quad_in is None:
             quad_in = quad_k
         else:  # boundary pixels lie half a pixel inside the region's true edge
             cq = quad_in.mean(0)
             side = 0.25 * sum(float(np.linalg.norm(quad_in[(k + 1) % 4] - quad_in[k])) for k in range(4))
-            quad_in = cq + (quad_in - cq) * (1 + 1.0 / max(side, 1.0))
+            quad_in = cq + (quad_in - cq) * (1 + FACE_GROW / max(side, 1.0))
         # quad_in is in input pixel-area coordinates (cell i of the maps covers [i·stride, (i+1)·stride),
         # see models/detector/data.py); frame quads use pixel-centre coordinates
         quad = (quad_in - np.array(off, np.float32)) / s - 0.5
@@ -364,11 +369,11 @@ class CombinedDetector(Detector):
 
 @dataclass
 class GateConfig:
-    min_card_height_px: float = 90.0  # too_small below this (the footer is unreadable)
-    border_margin_px: float = 2.0  # corners this close to / outside the frame edge: partially_out_of_view
+    min_card_height_px: float = 72.0  # too_small below this (the footer is unreadable)
+    border_margin_frac: float = 0.06  # corners further outside the frame than this × card height: partially_out_of_view
     min_solidity: float = 0.75  # kernel fills its quad less than this: occluded
     min_sharpness: float = 12.0  # variance of the Laplacian of the grey crop: too_blurry below
-    max_glare_frac: float = 0.12  # fraction of blown-out (near-white, unsaturated) pixels: glare above
+    max_glare_frac: float = 0.25  # fraction of blown-out (near-white, unsaturated) pixels: glare above
 
 
 def card_height(quad: np.ndarray) -> float:
@@ -379,7 +384,7 @@ def card_height(quad: np.ndarray) -> float:
 def geometry_reject(det: Detection, frame_shape: tuple[int, ...], cfg: GateConfig) -> str | None:
     h, w = frame_shape[:2]
     q = det.quad
-    m = cfg.border_margin_px
+    m = cfg.border_margin_frac * card_height(q)  # rectification replicates the edge: a sliver outside is harmless
     if (q[:, 0] < -m).any() or (q[:, 1] < -m).any() or (q[:, 0] > w - 1 + m).any() or (q[:, 1] > h - 1 + m).any():
         return "partially_out_of_view"
     if card_height(q) < cfg.min_card_height_px:
@@ -397,7 +402,7 @@ def sharpness(crop: np.ndarray) -> float:
 
 def glare_fraction(crop: np.ndarray) -> float:
     hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
-    blown = (hsv[..., 2] >= 245) & (hsv[..., 1] <= 40)
+    blown = (hsv[..., 2] >= 250) & (hsv[..., 1] <= 30)
     return float(blown.mean())
 
 

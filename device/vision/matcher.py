@@ -52,11 +52,20 @@ class CatalogMatcher:
         return self.matrix @ q
 
     def topk(self, query: np.ndarray, k: int = 5) -> Match:
-        s = self.scores(query)
-        k = min(k, len(s))
-        part = np.argpartition(-s, k - 1)[:k]
-        order = part[np.argsort(-s[part], kind="stable")]
-        return Match([self.ids[i] for i in order], [float(s[i]) for i in order])
+        return self.topk_many(np.asarray(query, np.float32).reshape(1, -1), k)[0]
+
+    def topk_many(self, queries: np.ndarray, k: int = 5) -> list[Match]:
+        """All cards of a frame in one matrix product: the catalog matrix is read once, not once per card."""
+        q = np.asarray(queries, np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-8)
+        S = q @ self.matrix.T if len(q) > 1 else (self.matrix @ q[0])[None]
+        k = min(k, S.shape[1])
+        out = []
+        for s in S:
+            part = np.argpartition(-s, k - 1)[:k]
+            order = part[np.argsort(-s[part], kind="stable")]
+            out.append(Match([self.ids[i] for i in order], [float(s[i]) for i in order]))
+        return out
 
 
 def quantize_int8(x: np.ndarray) -> np.ndarray:

@@ -126,6 +126,7 @@ class VisionPipeline:
         ms = {"detect": (t1 - t0) * 1e3, "embed": 0.0, "match": 0.0}
         cards: list[CardResult] = []
         rejected: list[tuple[np.ndarray, str]] = []
+        todo: list[tuple[np.ndarray, np.ndarray, dict, bool]] = []  # quad, crop, quality, orientation unsure
         for det in dets:
             reason = geometry_reject(det, frame.shape, self.gate)
             if reason:
@@ -136,23 +137,33 @@ class VisionPipeline:
             if reason:
                 rejected.append((det.quad, reason))
                 continue
-            m, te, tm = self.identify_crop(crop)
-            ms["embed"] += te
-            ms["match"] += tm
-            quad = det.quad
-            if det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15:
-                # orientation unsure: the upside-down reading competes
-                quad2 = np.roll(det.quad, 2, axis=0)
-                crop2 = rectify(frame, quad2)
-                m2, te, tm = self.identify_crop(crop2)
-                ms["embed"] += te
-                ms["match"] += tm
-                if m2.score > m.score:
-                    m, crop, quad = m2, crop2, quad2
-            dec = decide(m, self.thresholds)
-            # card_id: the decided card (accept) or the best guess (ambiguous); None for no_card
-            cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
-                                    list(zip(m.card_ids, m.scores)), crop, quality))
+            unsure = det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15
+            todo.append((det.quad, crop, quality, unsure))
+        # orientation unsure: the upside-down reading competes (the better match wins)
+        variants: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for i, (quad, crop, _, unsure) in enumerate(todo):
+            variants.append((i, quad, crop))
+            if unsure:
+                q2 = np.roll(quad, 2, axis=0)
+                variants.append((i, q2, rectify(frame, q2)))
+        if variants:
+            t2 = time.perf_counter()
+            embs = np.stack([self.embedder.embed(c) for _, _, c in variants])
+            t3 = time.perf_counter()
+            matches = self.matcher.topk_many(embs, TOP_K)
+            t4 = time.perf_counter()
+            ms["embed"] += (t3 - t2) * 1e3
+            ms["match"] += (t4 - t3) * 1e3
+            best: dict[int, tuple[Match, np.ndarray, np.ndarray]] = {}
+            for (i, quad, crop), m in zip(variants, matches):
+                if i not in best or m.score > best[i][0].score:
+                    best[i] = (m, quad, crop)
+            for i in sorted(best):
+                m, quad, crop = best[i]
+                dec = decide(m, self.thresholds)
+                # card_id: the decided card (accept) or the best guess (ambiguous); None for no_card
+                cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
+                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2]))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

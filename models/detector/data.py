@@ -146,15 +146,23 @@ def photo_item(path: Path, boxes: list, rng: np.random.Generator) -> tuple[np.nd
     return xin, y, wt
 
 
-def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6) -> dict:
+def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6,
+          real_frac: float = 0.25) -> dict:
+    """``real_frac`` of the simulated frames show only the real sv1 scans (rounded corners, silver borders,
+    real print texture): the renders alone under-represent what real cards look like."""
     t0 = time.time()
     ids = catalog_ids(catalog_dir)
+    from models.synth.catalog import read_index
+
+    idx = read_index(catalog_dir)
+    real_ids = [c for c in ids if idx.get(c, {}).get("real_scan")] or ids
     base = CaptureConfig(size=(320, 240))
     cfgs = [base.model_copy(update={"mode": "free"}), base.model_copy(update={"mode": "grid"}),
             base.model_copy(update={"mode": "scanner_box"})]
     # free 55 % (with neighbours), grid 30 %, scanner box 15 %
     mode_of = lambda i: cfgs[0] if i % 20 < 11 else (cfgs[1] if i % 20 < 17 else cfgs[2])
-    jobs = [(catalog_dir, ids, seed, i, mode_of(i)) for i in range(n)]
+    n_real = int(round(n * real_frac))
+    jobs = [(catalog_dir, real_ids if (i * 7919) % n < n_real else ids, seed, i, mode_of(i)) for i in range(n)]
     with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         items = pool.map(sim_item, jobs, chunksize=32)
     rng = np.random.default_rng(seed)

@@ -34,11 +34,10 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    d = np.load(args.data)
-    X, W = d["x"], d["w"].astype(np.float32)
-    Y = d["y"].astype(np.float32)
-    if Y.max() > 1.5:  # soft targets stored as 0..255 coverage
-        Y /= 255.0
+    parts = [np.load(p) for p in args.data.split(",")]
+    X = np.concatenate([d["x"] for d in parts])
+    W = np.concatenate([d["w"] for d in parts]).astype(np.float32)
+    Y = np.concatenate([d["y"].astype(np.float32) / (255.0 if d["y"].max() > 1 else 1.0) for d in parts])
     n = len(X)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +93,7 @@ def train(args: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", required=True, help="one or more .npz (comma-separated)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)

@@ -53,7 +53,9 @@ class OrientedEdges(nn.Module):
         kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
         ky = kx.T
         w = torch.stack([math.cos(math.pi * k / n) * kx + math.sin(math.pi * k / n) * ky for k in range(n)])
-        self.conv = nn.Conv2d(3, n, 3, 1, 1, bias=False)
+        # no padding: an explicit PAD on the model input, shared with other padded convs, breaks int8
+        # conversion (PAD must keep its input's scale); the one-pixel border is simply not described
+        self.conv = nn.Conv2d(3, n, 3, 1, 0, bias=False)
         with torch.no_grad():
             self.conv.weight.copy_(w[:, None].repeat(1, 3, 1, 1) / 3)  # grey = mean of RGB
         # a regular parameter (the quantiser annotates parameter convs); fine-tuning may adapt it
@@ -64,8 +66,8 @@ class OrientedEdges(nn.Module):
 
 class GlobalBranch(nn.Module):
     THUMB_POOL = 8  # 128×96 → 16×12 thumbnail (576 values)
-    EDGE_POOL = 8  # 128×96 → 16×12 cells × 8 orientations (1536 values)
-    N_EDGE = 8 * 16 * 12
+    EDGE_POOL = 8  # 126×94 edge map → 15×11 cells × 8 orientations (1320 values)
+    N_EDGE = 8 * 15 * 11
     THUMB_SHAPE = (3, 16, 12)
 
     def __init__(self, dim: int = GLOBAL_DIM):
@@ -92,14 +94,19 @@ class GlobalBranch(nn.Module):
         e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
         return torch.cat([e, thumb(x, self.pool)], 1)
 
+    use_cnn = True  # False: the CNN path is zero (closed-form only) and is left out of the exported graph
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(self.lin_features(x)) + self.fc(self.features(x).reshape(x.shape[0], -1))
+        y = self.lin(self.lin_features(x))
+        if self.use_cnn:
+            y = y + self.fc(self.features(x).reshape(x.shape[0], -1))
+        return y
 
 
 class StripBranch(nn.Module):
     THUMB_POOL = (4, 8)  # 32×192 → 8×24 colour thumbnail (576 values)
-    EDGE_POOL = (4, 4)  # 32×192 → 8×48 cells × 8 orientations (3072 values)
-    N_EDGE = 8 * 8 * 48
+    EDGE_POOL = (4, 4)  # 30×190 edge map → 7×47 cells × 8 orientations (2632 values)
+    N_EDGE = 8 * 7 * 47
     THUMB_SHAPE = (3, 8, 24)
 
     def __init__(self, dim: int = STRIP_DIM):
@@ -107,7 +114,7 @@ class StripBranch(nn.Module):
         self.pool = nn.AvgPool2d(self.THUMB_POOL)
         self.edges = OrientedEdges()
         self.edge_pool = nn.AvgPool2d(self.EDGE_POOL)
-        self.lin = nn.Linear(3 * 8 * 24 + 8 * 8 * 48, dim, bias=False)
+        self.lin = nn.Linear(self.N_EDGE + 3 * 8 * 24, dim, bias=False)
         # input 3×32×192 (H×W); ~11 M MACs.
         self.features = nn.Sequential(
             conv_bn(3, 16, 2),            # 16×96
@@ -125,8 +132,13 @@ class StripBranch(nn.Module):
         e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
         return torch.cat([e, thumb(x, self.pool)], 1)
 
+    use_cnn = True  # False: the CNN path is zero (closed-form only) and is left out of the exported graph
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(self.lin_features(x)) + self.fc(self.features(x).reshape(x.shape[0], -1))
+        y = self.lin(self.lin_features(x))
+        if self.use_cnn:
+            y = y + self.fc(self.features(x).reshape(x.shape[0], -1))
+        return y
 
 
 class CardEmbedder(nn.Module):
@@ -139,6 +151,12 @@ class CardEmbedder(nn.Module):
 
     def forward(self, glob: torch.Tensor, strip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.g(glob), self.s(strip)
+
+    def prune_unused(self) -> "CardEmbedder":
+        """Drop CNN paths whose output layer is all zeros (not fine-tuned yet): same function, less compute."""
+        for b in (self.g, self.s):
+            b.use_cnn = bool(b.fc.weight.abs().sum() > 0)
+        return self
 
 
 def combine(g: torch.Tensor, s: torch.Tensor, w: float = STRIP_WEIGHT) -> torch.Tensor:

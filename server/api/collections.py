@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.api.cards import CardOut, card_out
-from server.api.deps import get_session
+from server.api.deps import DbId, DbIdPath, get_session
 from server.auth import Principal, require
 from server.collection_io import FORMATS, export_csv, import_csv
 from server.collections_service import (ItemFilter, SortKey, add_to_stack, analytics, items_page, owned_collection)
@@ -107,8 +107,8 @@ class ItemPageOut(BaseModel):
 class BulkIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["move", "set_condition", "delete"]
-    item_ids: list[int] = Field(min_length=1, max_length=5000)
-    target_collection_id: int | None = Field(None, description="For move: the caller's collection to move into.")
+    item_ids: list[DbId] = Field(min_length=1, max_length=5000)
+    target_collection_id: DbId | None = Field(None, description="For move: the caller's collection to move into.")
     condition: Condition | None = Field(None, description="For set_condition.")
 
 
@@ -134,14 +134,14 @@ class ShareOut(BaseModel):
 class SmartFolderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
-    collection_id: int | None = Field(None, description="Restrict to one collection; null = all of the user's.")
+    collection_id: DbId | None = Field(None, description="Restrict to one collection; null = all of the user's.")
     filter: ItemFilter = Field(default_factory=ItemFilter)
 
 
 class SmartFolderPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=200)
-    collection_id: int | None = None
+    collection_id: DbId | None = None
     filter: ItemFilter | None = None
 
 
@@ -226,12 +226,12 @@ def create_collection(body: CollectionIn, principal: Writer, session: DB):
 
 
 @router.get("/collections/{collection_id}", response_model=CollectionOut, summary="One collection")
-def get_collection(collection_id: int, principal: Reader, session: DB):
+def get_collection(collection_id: DbIdPath, principal: Reader, session: DB):
     return collection_out(session, owned_collection(session, principal, collection_id))
 
 
 @router.patch("/collections/{collection_id}", response_model=CollectionOut, summary="Rename / describe a collection")
-def patch_collection(collection_id: int, body: CollectionPatch, principal: Writer, session: DB):
+def patch_collection(collection_id: DbIdPath, body: CollectionPatch, principal: Writer, session: DB):
     col = owned_collection(session, principal, collection_id)
     if body.name is not None and body.name != col.name:
         if session.scalar(select(Collection.id).where(Collection.user_id == principal.user_id, Collection.name == body.name)):
@@ -244,7 +244,7 @@ def patch_collection(collection_id: int, body: CollectionPatch, principal: Write
 
 
 @router.delete("/collections/{collection_id}", status_code=204, summary="Delete a collection and its items")
-def delete_collection(collection_id: int, principal: Writer, session: DB):
+def delete_collection(collection_id: DbIdPath, principal: Writer, session: DB):
     col = owned_collection(session, principal, collection_id)
     session.execute(delete(CollectionItem).where(CollectionItem.collection_id == col.id))
     session.delete(col)
@@ -256,7 +256,7 @@ def delete_collection(collection_id: int, principal: Writer, session: DB):
 
 @router.get("/collections/{collection_id}/items", response_model=ItemPageOut,
             summary="Items: filter, full-text search, sort, keyset pagination")
-def list_items(collection_id: int, principal: Reader, session: DB, flt: ItemFilter = Depends(item_filter),
+def list_items(collection_id: DbIdPath, principal: Reader, session: DB, flt: ItemFilter = Depends(item_filter),
                p: PageParams = Depends(page_params)):
     owned_collection(session, principal, collection_id)
     return _page(session, collection_id, flt, p)
@@ -264,7 +264,7 @@ def list_items(collection_id: int, principal: Reader, session: DB, flt: ItemFilt
 
 @router.post("/collections/{collection_id}/items", response_model=ItemOut, status_code=201,
              summary="Add copies (merged into the matching stack)")
-def add_item(collection_id: int, body: ItemIn, principal: Writer, session: DB):
+def add_item(collection_id: DbIdPath, body: ItemIn, principal: Writer, session: DB):
     owned_collection(session, principal, collection_id)
     if session.get(Card, body.card_id) is None:
         raise HTTPException(422, f"unknown card {body.card_id!r}")
@@ -275,7 +275,7 @@ def add_item(collection_id: int, body: ItemIn, principal: Writer, session: DB):
     return item_out(session.get(CollectionItem, item_id))
 
 
-def _owned_item(session: Session, principal: Principal, collection_id: int, item_id: int) -> CollectionItem:
+def _owned_item(session: Session, principal: Principal, collection_id: DbIdPath, item_id: DbIdPath) -> CollectionItem:
     owned_collection(session, principal, collection_id)
     it = session.get(CollectionItem, item_id)
     if it is None or it.collection_id != collection_id:
@@ -284,7 +284,7 @@ def _owned_item(session: Session, principal: Principal, collection_id: int, item
 
 
 @router.get("/collections/{collection_id}/items/{item_id}", response_model=ItemOut, summary="One item")
-def get_item(collection_id: int, item_id: int, principal: Reader, session: DB):
+def get_item(collection_id: DbIdPath, item_id: DbIdPath, principal: Reader, session: DB):
     return item_out(_owned_item(session, principal, collection_id, item_id))
 
 
@@ -314,7 +314,7 @@ def restack(session: Session, it: CollectionItem, *, collection_id: int | None =
 
 @router.patch("/collections/{collection_id}/items/{item_id}", response_model=ItemOut,
               summary="Edit an item (a new condition/finish/language that matches another stack merges into it)")
-def patch_item(collection_id: int, item_id: int, body: ItemPatch, principal: Writer, session: DB):
+def patch_item(collection_id: DbIdPath, item_id: DbIdPath, body: ItemPatch, principal: Writer, session: DB):
     it = _owned_item(session, principal, collection_id, item_id)
     fields = body.model_fields_set
     if "quantity" in fields and body.quantity is not None:
@@ -333,14 +333,14 @@ def patch_item(collection_id: int, item_id: int, body: ItemPatch, principal: Wri
 
 
 @router.delete("/collections/{collection_id}/items/{item_id}", status_code=204, summary="Remove a stack")
-def delete_item(collection_id: int, item_id: int, principal: Writer, session: DB):
+def delete_item(collection_id: DbIdPath, item_id: DbIdPath, principal: Writer, session: DB):
     session.delete(_owned_item(session, principal, collection_id, item_id))
     return Response(status_code=204)
 
 
 @router.post("/collections/{collection_id}/items/bulk", response_model=BulkOut,
              summary="Move, set condition or delete many items in one transaction (all or nothing)")
-def bulk_items(collection_id: int, body: BulkIn, principal: Writer, session: DB):
+def bulk_items(collection_id: DbIdPath, body: BulkIn, principal: Writer, session: DB):
     owned_collection(session, principal, collection_id)
     ids = sorted(set(body.item_ids))
     items = list(session.scalars(select(CollectionItem).where(CollectionItem.id.in_(ids),
@@ -368,7 +368,7 @@ def bulk_items(collection_id: int, body: BulkIn, principal: Writer, session: DB)
 
 
 @router.get("/collections/{collection_id}/analytics", summary="Counts, set completion % and value by set")
-def collection_analytics(collection_id: int, principal: Reader, session: DB) -> dict:
+def collection_analytics(collection_id: DbIdPath, principal: Reader, session: DB) -> dict:
     owned_collection(session, principal, collection_id)
     return analytics(session, collection_id)
 
@@ -378,7 +378,7 @@ def collection_analytics(collection_id: int, principal: Reader, session: DB) -> 
 
 @router.get("/collections/{collection_id}/export", summary="CSV export (generic, tcgplayer, moxfield/deckbox)",
             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
-def export_collection(collection_id: int, principal: Reader, session: DB,
+def export_collection(collection_id: DbIdPath, principal: Reader, session: DB,
                       format: Literal["generic", "tcgplayer", "moxfield", "deckbox"] = Query("generic")):
     col = owned_collection(session, principal, collection_id)
     body = export_csv(session, col.id, format)
@@ -389,7 +389,7 @@ def export_collection(collection_id: int, principal: Reader, session: DB,
 
 @router.post("/collections/{collection_id}/import", response_model=ImportOut,
              summary="CSV import in any export layout; quantities add to existing stacks")
-async def import_collection(collection_id: int, request: Request, principal: Writer,
+async def import_collection(collection_id: DbIdPath, request: Request, principal: Writer,
                             file: UploadFile = File(..., description="CSV file"),
                             format: Literal["generic", "tcgplayer", "moxfield", "deckbox"] = Query("generic")):
     limit = request.app.state.settings.security.max_upload_bytes
@@ -415,7 +415,7 @@ def share_hash(token: str) -> str:
 
 @router.post("/collections/{collection_id}/share", response_model=ShareOut, status_code=201,
              summary="Create a read-only share link (replaces and revokes any earlier link)")
-def share_collection(collection_id: int, principal: Writer, session: DB):
+def share_collection(collection_id: DbIdPath, principal: Writer, session: DB):
     col = owned_collection(session, principal, collection_id)
     token = secrets.token_urlsafe(24)
     col.share_token_hash = share_hash(token)
@@ -423,7 +423,7 @@ def share_collection(collection_id: int, principal: Writer, session: DB):
 
 
 @router.delete("/collections/{collection_id}/share", status_code=204, summary="Revoke the share link")
-def unshare_collection(collection_id: int, principal: Writer, session: DB):
+def unshare_collection(collection_id: DbIdPath, principal: Writer, session: DB):
     owned_collection(session, principal, collection_id).share_token_hash = None
     return Response(status_code=204)
 
@@ -465,7 +465,7 @@ def shared_items(token: str, session: DB, flt: ItemFilter = Depends(item_filter)
 # --- smart folders ---------------------------------------------------------------------------------------
 
 
-def _owned_folder(session: Session, principal: Principal, folder_id: int) -> SmartFolder:
+def _owned_folder(session: Session, principal: Principal, folder_id: DbIdPath) -> SmartFolder:
     f = session.get(SmartFolder, folder_id)
     if f is None or f.user_id != principal.user_id:
         raise HTTPException(404, f"smart folder {folder_id} not found")
@@ -496,12 +496,12 @@ def create_folder(body: SmartFolderIn, principal: Writer, session: DB):
 
 
 @router.get("/smart-folders/{folder_id}", response_model=SmartFolderOut, tags=["smart folders"], summary="One smart folder")
-def get_folder(folder_id: int, principal: Reader, session: DB):
+def get_folder(folder_id: DbIdPath, principal: Reader, session: DB):
     return folder_out(_owned_folder(session, principal, folder_id))
 
 
 @router.patch("/smart-folders/{folder_id}", response_model=SmartFolderOut, tags=["smart folders"], summary="Edit a smart folder")
-def patch_folder(folder_id: int, body: SmartFolderPatch, principal: Writer, session: DB):
+def patch_folder(folder_id: DbIdPath, body: SmartFolderPatch, principal: Writer, session: DB):
     f = _owned_folder(session, principal, folder_id)
     if body.name is not None:
         f.name = body.name
@@ -516,7 +516,7 @@ def patch_folder(folder_id: int, body: SmartFolderPatch, principal: Writer, sess
 
 
 @router.delete("/smart-folders/{folder_id}", status_code=204, tags=["smart folders"], summary="Delete a smart folder")
-def delete_folder(folder_id: int, principal: Writer, session: DB):
+def delete_folder(folder_id: DbIdPath, principal: Writer, session: DB):
     session.delete(_owned_folder(session, principal, folder_id))
     return Response(status_code=204)
 
@@ -529,6 +529,6 @@ def folder_scope(principal: Principal, f: SmartFolder):
 
 @router.get("/smart-folders/{folder_id}/items", response_model=ItemPageOut, tags=["smart folders"],
             summary="Evaluate a smart folder now")
-def folder_items(folder_id: int, principal: Reader, session: DB, p: PageParams = Depends(page_params)):
+def folder_items(folder_id: DbIdPath, principal: Reader, session: DB, p: PageParams = Depends(page_params)):
     f = _owned_folder(session, principal, folder_id)
     return _page(session, folder_scope(principal, f), ItemFilter.model_validate(f.filter or {}), p)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Path, Request
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from server.config import ServerSettings
@@ -22,3 +24,9 @@ def get_settings(request: Request) -> ServerSettings:
 def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.db.session() as session:
         yield session
+
+
+# Database ids are 64-bit; anything outside is a client error (422), never a driver overflow (500).
+MAX_DB_ID = 2**63 - 1
+DbId = Annotated[int, Field(ge=1, le=MAX_DB_ID, description="Database id.")]
+DbIdPath = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="Database id.")]

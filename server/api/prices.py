@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.api.deps import get_session
+from server.api.deps import DbIdPath, get_session
 from server.auth import Principal, require
 from server.collections_service import owned_collection, valuation, value_history
 from server.db.models import Card, Price
@@ -98,7 +98,7 @@ def card_prices(card_id: str, principal: Reader, session: DB,
 
 @router.get("/collections/{collection_id}/value", response_model=ValuationOut,
             summary="Collection value now (newest price per card and finish) and over time")
-def collection_value(collection_id: int, principal: Reader, session: DB, days: int = Query(365, ge=1, le=3650)):
+def collection_value(collection_id: DbIdPath, principal: Reader, session: DB, days: int = Query(365, ge=1, le=3650)):
     owned_collection(session, principal, collection_id)
     v = valuation(session, collection_id)
     return ValuationOut(**v, history=value_history(session, collection_id, days))

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server import accounts
-from server.api.deps import get_session
+from server.api.deps import DbIdPath, get_session
 from server.auth import SCOPES, Principal, current_principal, issue_token, require
 from server.collections_service import owned_collection
 from server.db.models import ApiToken, Collection, Device, User
@@ -161,7 +161,7 @@ def create_token(body: TokenIn, principal: Writer, session: DB):
 
 
 @router.delete("/me/tokens/{token_id}", status_code=204, summary="Revoke one of my tokens")
-def revoke_token(token_id: int, principal: Writer, session: DB):
+def revoke_token(token_id: DbIdPath, principal: Writer, session: DB):
     t = session.get(ApiToken, token_id)
     if t is None or t.user_id != principal.user_id:
         raise HTTPException(404, f"token {token_id} not found")

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
+from server.api.deps import DbIdPath
 from server import accounts
 from server.api.collections import (PageParams, folder_scope, restack, share_hash, shared_collection,
                                     _owned_folder)
@@ -199,7 +200,7 @@ def _next_url(request: Request, cursor: str | None) -> str | None:
 
 
 @router.get("/collections/{collection_id}")
-def collection_page(request: Request, collection_id: int):
+def collection_page(request: Request, collection_id: DbIdPath):
     p = _principal(request)
     flt, page = _grid_args(request)
     with request.app.state.db.session() as s:
@@ -214,7 +215,7 @@ def collection_page(request: Request, collection_id: int):
 
 
 @router.post("/collections/{collection_id}/share")
-def share_form(request: Request, collection_id: int, csrf_token: str = Form("", max_length=100),
+def share_form(request: Request, collection_id: DbIdPath, csrf_token: str = Form("", max_length=100),
                action: str = Form("create", max_length=10)):
     p = _principal(request)
     _check_csrf(request, csrf_token)
@@ -234,7 +235,7 @@ def share_form(request: Request, collection_id: int, csrf_token: str = Form("", 
 
 
 @router.post("/collections/{collection_id}/items/{item_id}")
-def edit_item_form(request: Request, collection_id: int, item_id: int, csrf_token: str = Form("", max_length=100),
+def edit_item_form(request: Request, collection_id: DbIdPath, item_id: DbIdPath, csrf_token: str = Form("", max_length=100),
                    quantity: int = Form(..., ge=0, le=100_000), condition: Condition = Form(...)):
     p = _principal(request)
     _check_csrf(request, csrf_token)
@@ -307,7 +308,7 @@ def create_folder_form(request: Request, csrf_token: str = Form("", max_length=1
 
 
 @router.get("/smart-folders/{folder_id}")
-def folder_page(request: Request, folder_id: int):
+def folder_page(request: Request, folder_id: DbIdPath):
     p = _principal(request)
     qp = request.query_params
     with request.app.state.db.session() as s:
@@ -319,7 +320,7 @@ def folder_page(request: Request, folder_id: int):
 
 
 @router.post("/smart-folders/{folder_id}/delete")
-def delete_folder_form(request: Request, folder_id: int, csrf_token: str = Form("", max_length=100)):
+def delete_folder_form(request: Request, folder_id: DbIdPath, csrf_token: str = Form("", max_length=100)):
     p = _principal(request)
     _check_csrf(request, csrf_token)
     with request.app.state.db.session() as s:
