@@ -9,9 +9,7 @@ from fastapi import FastAPI
 
 from server import __version__
 from server import metrics, security
-from server.api import cards, fleet, health
-from server.api import collections, prices, review, users
-from server.api import identify as identify_api
+from server.api import cards, collections, fleet, health, identify, prices, review, users
 from server.config import ServerSettings
 from server.db.session import Database
 
@@ -35,11 +33,8 @@ def create_app(settings: ServerSettings | None = None, db: Database | None = Non
     )
     app.state.settings = settings
     app.state.db = db
-    for module in (health, cards, fleet):
+    for module in (health, cards, collections, users, review, prices, identify, fleet, metrics):
         app.include_router(module.router)
-    for module in (collections, users, review, prices, metrics):
-        app.include_router(module.router)
-    app.include_router(identify_api.router)  # server resolver (issue 6)
     # Web page (server-rendered) + static files + catalog images.
     from server.web import routes as web
 

@@ -238,22 +238,32 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
         # quad_in is in input pixel-area coordinates (cell i of the maps covers [i·stride, (i+1)·stride),
         # see models/detector/data.py); frame quads use pixel-centre coordinates
         quad = (quad_in - np.array(off, np.float32)) / s - 0.5
-        quad = portrait_quad(order_quad(quad))
-        # orientation: which half carries the "top" probability (upsampled pixel j ↔ input j + 0.5)
-        qi = (quad + 0.5) * s + np.array(off, np.float32) - 0.5
-        t_half = np.array([qi[0], qi[1], (qi[1] + qi[2]) / 2, (qi[0] + qi[3]) / 2])
-        b_half = np.array([(qi[0] + qi[3]) / 2, (qi[1] + qi[2]) / 2, qi[2], qi[3]])
-        mt = _poly_mean(top, t_half)
-        mb = _poly_mean(top, b_half)
-        if mb > mt:
-            quad = np.roll(quad, 2, axis=0)
+        quad, top_margin = orient_quad(order_quad(quad), top, s, off)
         score = float(kern[kmask].mean())
         if gray is not None:
             quad = refine_quad(gray, quad)
         dets.append(Detection(quad.astype(np.float32), score, "cnn", min(1.0, solidity),
-                              {"top_margin": round(float(abs(mt - mb)), 3)}))
+                              {"top_margin": round(top_margin, 3)}))
     dets.sort(key=lambda d: -abs(cv2.contourArea(d.quad)))
     return dets
+
+
+def orient_quad(quad: np.ndarray, top: np.ndarray, s: float, off: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """Which side of the quad is the card's top: all four rotations compete on the "top half" map (a
+    steeply tilted portrait card can look landscape, so the short side alone is not enough); a small
+    prior favours a short top side. Returns (quad TL, TR, BR, BL of the card, margin to the runner-up)."""
+    scores = []
+    for r in range(4):
+        q = np.roll(quad, -r, axis=0)
+        qi = (q + 0.5) * s + np.array(off, np.float32) - 0.5  # upsampled pixel j ↔ input j + 0.5
+        mid_r, mid_l = (qi[1] + qi[2]) / 2, (qi[0] + qi[3]) / 2
+        t = _poly_mean(top, np.array([qi[0], qi[1], mid_r, mid_l]))
+        b = _poly_mean(top, np.array([mid_l, mid_r, qi[2], qi[3]]))
+        short = np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]) < np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])
+        scores.append(t - b + (0.1 if short else 0.0))
+    order = np.argsort(scores)[::-1]
+    best = int(order[0])
+    return np.roll(quad, -best, axis=0), float(scores[best] - scores[int(order[1])])
 
 
 def _poly_mean(img: np.ndarray, poly: np.ndarray) -> float:
