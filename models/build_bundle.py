@@ -3,8 +3,10 @@
     python -m models.build_bundle --pokemon-tcg-data PATH --images DIR [--quick] [--out models/bundles/demo]
 
 1. render the catalog (all printings) to ``var/catalog`` (skipped when already there)
-2. detector: simulated captures + playing-card TRAIN photos → train → int8 TFLite
-3. embedder: closed-form metric init → InfoNCE fine-tuning (capture ↔ catalog, hard negatives) → int8 TFLite
+2. detector: simulated captures (¼ of them with the real sv1 scans) + playing-card TRAIN photos → train
+   (soft coverage targets) → int8 TFLite
+3. embedder: cached (capture, catalog, hard negative) triples → closed-form metric learning of the linear
+   paths → optional InfoNCE fine-tuning of the CNN paths (``--finetune-steps``) → int8 TFLite
 4. embed every printing of the catalog with the *exported* int8 embedder → ``catalog/embeddings.npy`` (int8)
 5. calibrate accept / no_card thresholds on held-out simulated captures run through the device pipeline
 6. golden images + ``write_bundle`` (``device.bundle``)
@@ -57,25 +59,34 @@ def train_detector(a, work: Path) -> Path:
     data = work / "detector_data.npz"
     if not data.is_file():
         run([sys.executable, "-m", "models.detector.data", "--catalog", a.catalog, "--out", str(data),
-             "--n", str(800 if a.quick else 4000), "--workers", str(a.workers)])
+             "--n", str(600 if a.quick else 6000), "--seed", "1000", "--workers", str(a.workers)])
     out = work / "detector"
     if not (out / "detector.pt").is_file():
         run([sys.executable, "-m", "models.detector.train", "--data", str(data), "--out", str(out),
-             "--steps", str(150 if a.quick else 1500), "--threads", str(a.threads)])
+             "--steps", str(150 if a.quick else 3000), "--threads", str(a.threads)])
     return out / "detector.pt"
 
 
 def train_embedder(a, work: Path) -> Path:
+    """Closed-form metric learning on cached (capture, catalog, hard negative) triples, then optional
+    InfoNCE fine-tuning of the CNN paths (``--finetune-steps``; off by default: hours on 2 cores)."""
     if a.embedder_checkpoint:
         return Path(a.embedder_checkpoint)
     out = work / "embedder"
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = work / "pairs.npz"
+    if not pairs.is_file():
+        run([sys.executable, "-m", "models.embedder.pairs", "--catalog", a.catalog, "--out", str(pairs),
+             "--n", str(1500 if a.quick else 8000), "--seed", "12"])
     init = out / "closed_form.pt"
     if not init.is_file():
-        run([sys.executable, "-m", "models.embedder.closed_form", "--catalog", a.catalog, "--out", str(init),
-             "--n", str(1500 if a.quick else 4000)])
+        run([sys.executable, "-m", "models.embedder.closed_form", "--catalog", a.catalog, "--pairs", str(pairs),
+             "--out", str(init)])
+    if a.finetune_steps <= 0:
+        return init
     if not (out / "embedder.pt").is_file():
         run([sys.executable, "-m", "models.embedder.train", "--catalog", a.catalog, "--out", str(out),
-             "--init", str(init), "--steps", str(20 if a.quick else 400), "--threads", str(a.threads)])
+             "--init", str(init), "--steps", str(a.finetune_steps), "--threads", str(a.threads)])
     return out / "embedder.pt"
 
 
@@ -262,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embedder-checkpoint")
     ap.add_argument("--detector-checkpoint")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--finetune-steps", type=int, default=0, help="InfoNCE fine-tuning steps of the embedder CNN paths")
+    ap.add_argument("--parity-checkpoint", default="models/embedder/demo_embedder.pt",
+                    help="where to save the compact PyTorch weights of the exported embedder ('' = skip)")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     work = Path(a.work)
@@ -290,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}
     assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold)
     log(f"bundle written: {a.out}")
+    if a.parity_checkpoint:
+        import torch
+
+        from models.embedder.model import CardEmbedder
+
+        m = CardEmbedder()
+        m.load_state_dict(torch.load(emb_ckpt, map_location="cpu", weights_only=True))
+        torch.save(m.compact_state(), a.parity_checkpoint)
+        log(f"parity checkpoint: {a.parity_checkpoint} ({Path(a.parity_checkpoint).stat().st_size} bytes)")
     return 0
 
 

@@ -238,9 +238,7 @@ def test_tflite_matches_pytorch_embeddings(shared_data):
     from models.synth.catalog import load_cards
     from models.synth.render import render_card
 
-    model = CardEmbedder()
-    model.load_state_dict(torch.load(CHECKPOINT, map_location="cpu", weights_only=True))
-    model.eval()
+    model = CardEmbedder.from_compact(torch.load(CHECKPOINT, map_location="cpu", weights_only=True))
     emb = Embedder(str(BUNDLE / "embedder.tflite"), STRIP_WEIGHT, num_threads=1)
     cards, set_index = load_cards(shared_data / "pokemon-tcg-data", shared_data / "PTCGextension/cards",
                                   sets=["sv1", "base1", "swsh1"])

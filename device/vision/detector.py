@@ -277,29 +277,68 @@ def _poly_mean(img: np.ndarray, poly: np.ndarray) -> float:
 
 
 class TFLiteDetector(Detector):
-    """The bundle's int8 CNN (``detector.tflite``)."""
+    """The bundle's int8 CNN (``detector.tflite``).
+
+    Two passes: the whole frame (letterboxed to 160×120) finds the cards; then, for the ``zoom_cards``
+    largest, a second inference on a crop around the card (the card then fills most of the input) gives
+    corners at several times the resolution — the embedder needs the corners, not just the card."""
 
     def __init__(self, model_path: str, num_threads: int | None = None, kernel_thresh: float = 0.5,
-                 refine: bool = True):
+                 refine: bool = True, zoom_cards: int = 4, zoom_margin: float = 0.3):
         from device.vision.runtime import TFLiteModel
 
         self.model = TFLiteModel(model_path, num_threads)
         self.kernel_thresh = kernel_thresh
         self.refine = refine
+        self.zoom_cards = zoom_cards
+        self.zoom_margin = zoom_margin
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        rgb = x[..., ::-1]
+        out = self.model.run([rgb[None].astype(np.float32) / 255.0])[0][0]  # [h, w, 3] or [3, h, w]
+        if out.shape[-1] == 3 and out.shape[0] != 3:
+            out = out.transpose(2, 0, 1)
+        return _sigmoid(out.astype(np.float32))
 
     def maps(self, frame: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
         x, s, off = letterbox(frame)
-        rgb = x[..., ::-1]
-        out = self.model.run([rgb[None].astype(np.float32) / 255.0])[0]  # [1, h, w, 3] or [1, 3, h, w]
-        out = out[0]
-        if out.shape[-1] == 3 and out.shape[0] != 3:
-            out = out.transpose(2, 0, 1)
-        return _sigmoid(out.astype(np.float32)), s, off
+        return self._run(x), s, off
+
+    def zoom(self, frame: np.ndarray, det: Detection) -> Detection | None:
+        """Second pass on a crop around ``det``: an axis-aligned scale + shift (input = frame·s + off)."""
+        W, H = INPUT_SIZE
+        q = det.quad
+        x0, y0 = q.min(0)
+        x1, y1 = q.max(0)
+        cw, ch = (x1 - x0) * (1 + 2 * self.zoom_margin), (y1 - y0) * (1 + 2 * self.zoom_margin)
+        s = min(W / max(cw, 1.0), H / max(ch, 1.0))
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        off = (W / 2 - cx * s, H / 2 - cy * s)
+        m = np.array([[s, 0, off[0]], [0, s, off[1]]], np.float32)
+        x = cv2.warpAffine(frame, m, (W, H), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
+        dets = decode_maps(self._run(x), s, off, None, self.kernel_thresh)
+        if not dets:
+            return None
+        from device.vision.geometry import quad_iou
+
+        best = max(dets, key=lambda d: quad_iou(d.quad, q))
+        return best if quad_iou(best.quad, q) > 0.5 else None
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
         maps, s, off = self.maps(frame)
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if self.refine else None
-        return decode_maps(maps, s, off, gray, self.kernel_thresh)
+        dets = decode_maps(maps, s, off, None, self.kernel_thresh)
+        for i, d in enumerate(dets[: self.zoom_cards]):
+            z = self.zoom(frame, d)
+            if z is not None:
+                z.solidity = min(z.solidity, d.solidity)  # occlusion is judged on the whole frame
+                z.info["zoomed"] = True
+                dets[i] = z
+        if self.refine:
+            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            for d in dets:
+                d.quad = refine_quad(gray, d.quad)
+        return dets
 
 
 class ContourDetector(Detector):
@@ -383,7 +422,7 @@ class GateConfig:
     border_margin_frac: float = 0.06  # corners further outside the frame than this × card height: partially_out_of_view
     min_solidity: float = 0.75  # kernel fills its quad less than this: occluded
     min_sharpness: float = 12.0  # variance of the Laplacian of the grey crop: too_blurry below
-    max_glare_frac: float = 0.25  # fraction of blown-out (near-white, unsaturated) pixels: glare above
+    max_glare_frac: float = 0.4  # fraction of blown-out (near-white, unsaturated) pixels: glare above
 
 
 def card_height(quad: np.ndarray) -> float:

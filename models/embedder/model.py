@@ -152,6 +152,20 @@ class CardEmbedder(nn.Module):
     def forward(self, glob: torch.Tensor, strip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.g(glob), self.s(strip)
 
+    def compact_state(self) -> dict:
+        """The weights the exported graph uses (CNN paths only when fine-tuned), as float16: small enough
+        to commit next to the demo bundle for the TFLite ↔ PyTorch parity test."""
+        self.prune_unused()
+        keep = {k: v for k, v in self.state_dict().items()
+                if ".lin." in k or ".edges." in k or (getattr(self, k.split(".")[0]).use_cnn and "num_batches" not in k)}
+        return {k: v.half() if v.is_floating_point() else v for k, v in keep.items()}
+
+    @classmethod
+    def from_compact(cls, state: dict) -> "CardEmbedder":
+        m = cls()
+        m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+        return m.prune_unused().eval()
+
     def prune_unused(self) -> "CardEmbedder":
         """Drop CNN paths whose output layer is all zeros (not fine-tuned yet): same function, less compute."""
         for b in (self.g, self.s):
