@@ -209,6 +209,9 @@ class DeviceStatus(_Payload):
     state: DeviceState = Field(description="online | offline.")
     bundle_version: str = Field("", description="Bundle the device is serving.", max_length=64)
     software_version: str = Field("", description="Device software version.", max_length=64)
+    update_error: str | None = Field(
+        None, description="Why the last bundle update failed (the previous bundle is still served); "
+                          "absent when the last update succeeded.", max_length=500)
     at: UtcDatetime = Field(default_factory=lambda: datetime.now(timezone.utc), description="When this was said.")
 
 

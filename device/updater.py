@@ -345,8 +345,9 @@ def _sha256(path: Path) -> str:
 
 def status_for(device_id: str, result: UpdateResult, software_version: str = "") -> DeviceStatus:
     """The DeviceStatus a device publishes after an attempt (the bundle it serves, whatever happened)."""
+    error = None if result.ok else f"{result.attempted}: {result.reason}"[:500]
     return DeviceStatus(device_id=device_id, state=DeviceState.online, bundle_version=result.version or "",
-                        software_version=software_version)
+                        software_version=software_version, update_error=error)
 
 
 def current_version(root: str | Path) -> str | None:

@@ -358,3 +358,15 @@ def test_watch_over_mqtt_reports_status(server, device_root, tmp_path, mosquitto
         proc.terminate()
         proc.wait(10)
         sub.loop_stop()
+
+
+def test_failed_update_is_reported_in_device_status():
+    """The device says why an update failed (it keeps serving the old bundle) in its retained status."""
+    from device.protocol import decode, encode
+    from device.updater import UpdateResult, status_for
+
+    failed = status_for("pi-1", UpdateResult(ok=False, version="1.0", attempted="1.1", reason="bad_signature"))
+    back = decode("status", encode(failed))
+    assert back.bundle_version == "1.0" and back.update_error == "1.1: bad_signature"
+    ok = status_for("pi-1", UpdateResult(ok=True, version="1.1", attempted="1.1"))
+    assert ok.update_error is None

@@ -41,6 +41,7 @@ class DeviceView(BaseModel):
     state: str = Field(description="online | offline | stale | revoked.")
     last_seen_at: datetime | None = Field(description="Last status/telemetry/scan received.")
     bundle_version: str | None = Field(description="Bundle the device reports serving.")
+    update_error: str | None = Field(None, description="Why the device's last bundle update failed, if it did.")
     bundle_current: bool | None = Field(description="Whether that is the fleet's current bundle (None: no bundle).")
     software_version: str | None = Field(description="Device software version.")
     outbox_depth: int = Field(description="Scans waiting on the device for an ack (from telemetry).")
@@ -104,7 +105,7 @@ def _views(session: Session, principal: Principal, current: BundleInfo | None, t
             state, online = "offline", False
         out.append(DeviceView(
             device_id=d.id, name=d.name, user_id=d.user_id, collection_id=d.collection_id, online=online,
-            state=state, last_seen_at=last, bundle_version=d.bundle_version,
+            state=state, last_seen_at=last, bundle_version=d.bundle_version, update_error=d.update_error,
             bundle_current=(d.bundle_version == current.version) if current and d.bundle_version else None,
             software_version=d.software_version, outbox_depth=d.outbox_depth or 0,
             scans_today=counts.get(d.id, 0), revoked_at=_aware(d.revoked_at),

@@ -220,6 +220,7 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     bundle_version: Mapped[str | None] = mapped_column(String(64))
     software_version: Mapped[str | None] = mapped_column(String(64))
+    update_error: Mapped[str | None] = mapped_column(Text)  # last failed OTA attempt, as the device reported it
     outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     telemetry: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -225,6 +225,9 @@ def store_batch(session: Session, items: list[Classified], now: datetime | None 
                 values["bundle_version"] = st.bundle_version
             if st.software_version:
                 values["software_version"] = st.software_version
+            if st.update_error is not None or st.bundle_version:
+                # A status with a bundle version and no error means the last update (if any) went through.
+                values["update_error"] = st.update_error
         else:
             t: Telemetry = c.obj
             values = dict(outbox_depth=t.outbox_depth, telemetry=t.model_dump(mode="json"), last_seen_at=now)
