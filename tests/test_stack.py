@@ -85,11 +85,21 @@ def test_taking_the_top_card_off_reveals_without_counting():
     assert t.counts == {"sv1-1": 1, "sv1-2": 1}
 
 
-def test_unstable_flicker_never_counts():
+def test_identity_flicker_counts_once_with_the_majority_identity():
+    """A card lying still whose reading flickers between look-alike reprints is one card, not zero or two."""
     t = StackTracker(StackConfig(stable_frames=3))
     frames = empty()
-    for k in range(6):  # identity flips every frame: never 3 stable frames
-        frames += held("sv1-1" if k % 2 else "sv1-2", 1, seed=k)
+    for k in range(8):
+        frames += held("sv1-1" if k % 3 == 2 else "sv1-2", 1, seed=k)
+    feed(t, frames)
+    assert t.counts == {"sv1-2": 1}
+
+
+def test_moving_card_never_counts():
+    t = StackTracker(StackConfig(stable_frames=3))
+    frames = empty()
+    for k in range(8):  # slides across the mat: never at the same place twice
+        frames.append(Observation([SeenCard("sv1-1", _quad(dx=-200 + 60 * k))]))
     feed(t, frames)
     assert t.counts == {}
 
@@ -121,3 +131,27 @@ def test_simulated_sequences_counted_exactly(seed):
     t = StackTracker()
     feed(t, _oracle_observations(seq))
     assert t.counts == seq.counts
+
+
+def test_card_slid_on_top_at_the_same_place_without_seen_motion_counts():
+    """The new card covers the old one exactly and its slide was not seen: a sustained identity change."""
+    t = StackTracker()
+    feed(t, empty() + entering() + held("sv1-1", 5) + held("sv1-2", 5, seed=7))
+    assert t.counts == {"sv1-1": 1, "sv1-2": 1}
+
+
+def test_two_frame_misread_is_not_a_new_card():
+    t = StackTracker()
+    feed(t, empty() + entering() + held("sv1-1", 5) + held("sv1-9", 2, seed=3) + held("sv1-1", 5, seed=4))
+    assert t.counts == {"sv1-1": 1}
+
+
+def test_false_detection_elsewhere_does_not_keep_the_stack():
+    """A printed playmat zone detected far from the card must not hide that the mat was cleared."""
+    t = StackTracker()
+    ghost = SeenCard(None, _quad(cx=80, cy=80, h=120))
+    frames = empty() + entering() + held("sv1-1", 5)
+    frames += [Observation([], [ghost]) for _ in range(3)]  # card taken away, ghost stays
+    frames += entering() + held("sv1-1", 5, seed=5)
+    feed(t, frames)
+    assert t.counts == {"sv1-1": 2}

@@ -2,13 +2,18 @@
 
 Rules (the scan counter, not the identifier, decides what a placement is):
 
-* a card must be seen **stable** — same identity, same place (quad IoU ≥ ``stable_iou``) — for
-  ``stable_frames`` consecutive frames before it counts; motion-blurred or half-visible frames never count;
+* a card must be seen **stable** — the same place (quad IoU ≥ ``stable_iou``) — for ``stable_frames``
+  consecutive frames before it counts; its identity is the one with the most votes (summed scores) over
+  those frames, so a frame misread as a look-alike reprint does not matter; motion-blurred or half-visible
+  frames never count;
 * the **same card still lying there** (jitter, glare, a blurred frame, a hand passing) is not counted again;
 * **N copies placed one after another** count N: between them the mat is empty (``empty_frames`` frames
   with no card at all) — or, without an empty gap, a copy arrives on top (next rule);
-* a card **slid on top** counts: a different identity becomes stable, or the same identity becomes stable
-  again after an *arrival* was seen (a card quad far from the resting place);
+* a card **slid on top** counts: a different identity becomes stable (also at the very same place: a new
+  identity sustained for ``switch_frames`` frames starts a new still window), or the same identity becomes
+  stable again after an *arrival* was seen (a card quad far from the resting place);
+* the mat is **cleared** after ``empty_frames`` frames with nothing identified and nothing where the top
+  card lay (a false detection elsewhere, e.g. a printed playmat zone, does not keep a stack alive);
 * a card **taken off the top** reveals the one below: when the revealed identity is the one under it in
   the current stack, nothing is counted (the stack shrinks).
 
@@ -75,6 +80,7 @@ class StackConfig:
     stable_frames: int = 3
     stable_iou: float = 0.8
     empty_frames: int = 2
+    switch_frames: int = 3  # frames in a row with another identity at the same place: a new card on top
     arrival_shift: float = 0.15  # centre displacement (fraction of card height) that marks a moving card
 
 
@@ -88,6 +94,10 @@ class StackTracker:
         self._empty_n = 0
         self._arrival = False
         self._disp: list[float] = []  # displacements of moving cards since the last stable card
+        self._votes: dict[str | None, float] = {}  # identity votes (summed scores) of the current still window
+        self._best: dict[str | None, tuple[float, SeenCard]] = {}
+        self._streak: list[tuple[SeenCard, float]] = []  # consecutive frames disagreeing with the leader
+        self._decided = False
         self.counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------------
@@ -103,39 +113,61 @@ class StackTracker:
     def update(self, obs: Observation) -> list[StackEvent]:
         self.frame += 1
         events: list[StackEvent] = []
-        if obs.empty:
+        anchor = self.stack[-1] if self.stack else None
+        # the mat counts as cleared when nothing identified is seen and nothing lies where the top card lay
+        # (a false detection elsewhere on a printed playmat must not keep a stack alive)
+        cleared = not obs.cards and (anchor is None or all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others))
+        if obs.empty or cleared:
             self._empty_n += 1
-            self._cand, self._cand_n = None, 0
             if self._empty_n >= self.cfg.empty_frames and self.stack:
                 events.append(StackEvent("removed", self.stack[-1].card_id, self.frame))
                 self.stack = []
                 self._arrival = False
-            return events
-        self._empty_n = 0
+                self._disp = []
+            if obs.empty or not obs.others:
+                self._cand = None
+                self._new_window()
+                return events
+        else:
+            self._empty_n = 0
         anchor = self.stack[-1] if self.stack else None
-        # arrival evidence: any detection (identified or not) away from the resting place, or 2+ cards
+        # arrival evidence: any detection (identified or not) away from the resting place
         everything = obs.cards + obs.others
         if anchor is not None:
             moved = [c for c in everything if self._displaced(c, anchor)]
             if moved:
                 self._arrival = True
-            if moved:
                 self._disp.append(max(float(np.linalg.norm(c.quad.mean(0) - anchor.quad.mean(0))) for c in moved))
         top = self._top(obs)
         # other detections away from the top card (not the covered card below it) mean something is moving
         elsewhere = [c for c in everything if c is not top and (top is None or quad_iou(c.quad, top.quad) < 0.5)]
         if top is None or elsewhere:
-            self._cand, self._cand_n = None, 0  # nothing stable this frame (moving / rejected / two cards)
+            self._cand = None  # nothing stable this frame (moving / rejected / two cards)
+            self._new_window()
             return events
-        if self._cand is not None and top.card_id == self._cand.card_id and quad_iou(top.quad, self._cand.quad) >= self.cfg.stable_iou:
-            self._cand_n += 1
-            self._cand = top
+        # stability is geometric (same place, frame after frame); the identity is voted over the window,
+        # so one frame read as a look-alike reprint does not reset the count. A card slid on top at the very
+        # same place keeps the geometry: a *sustained* change of identity (``switch_frames`` frames in a row
+        # disagreeing with the window's leader) starts a new window instead.
+        score = max(float(getattr(top.result, "score", 1.0) or 1.0), 0.0)
+        if self._cand is None or quad_iou(top.quad, self._cand.quad) < self.cfg.stable_iou:
+            self._new_window()
+        elif self._votes and top.card_id != max(self._votes, key=self._votes.get):
+            self._streak.append((top, score))
+            last = self._streak[-self.cfg.switch_frames:]
+            if len(last) == self.cfg.switch_frames and len({c.card_id for c, _ in last}) == 1:
+                self._new_window()
+                for c, sc in last[:-1]:
+                    self._vote(c, sc)
         else:
-            self._cand, self._cand_n = top, 1
-        if self._cand_n != self.cfg.stable_frames:
+            self._streak = []
+        self._cand = top
+        self._vote(top, score)
+        if self._cand_n < self.cfg.stable_frames or self._decided:
             return events
-        # a stable card: decide what it means
-        c = self._cand
+        self._decided = True
+        # a stable card: decide what it means (identity = the most voted one in the window)
+        c = self._best[max(self._votes, key=self._votes.get)][1]
         if not self.stack:
             events.append(self._count("placed", c))
         elif c.card_id == self.stack[-1].card_id and not self._arrival:
@@ -149,9 +181,19 @@ class StackTracker:
         self._disp = []
         return events
 
+    def _new_window(self) -> None:
+        self._cand_n, self._votes, self._best, self._streak, self._decided = 0, {}, {}, [], False
+
+    def _vote(self, c: SeenCard, score: float) -> None:
+        self._cand_n += 1
+        self._votes[c.card_id] = self._votes.get(c.card_id, 0.0) + score
+        if c.card_id not in self._best or score > self._best[c.card_id][0]:
+            self._best[c.card_id] = (score, c)
+
     def _departing(self) -> bool:
-        """The moving card went away from the resting place (displacement grew): a card was taken off."""
-        return len(self._disp) >= 2 and self._disp[-1] > self._disp[0]
+        """The last moving card went away from the resting place (its displacement grew at the end): a card
+        was taken off rather than put on."""
+        return len(self._disp) >= 2 and self._disp[-1] > self._disp[-2]
 
     def _count(self, kind: str, c: SeenCard) -> StackEvent:
         self.stack.append(c)

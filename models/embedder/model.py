@@ -50,7 +50,10 @@ class OrientedEdges(nn.Module):
         super().__init__()
         import math
 
-        kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
+        # unnormalised Sobel (gain 8 over the unit-gain /8 version): the pooled edge cells are concatenated
+        # with the colour thumbnail and int8 gives a concatenation one scale — at unit gain the edge cells
+        # (≈0.02) would get a handful of quantisation steps next to the thumbnail's 0..1
+        kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
         ky = kx.T
         w = torch.stack([math.cos(math.pi * k / n) * kx + math.sin(math.pi * k / n) * ky for k in range(n)])
         # no padding: an explicit PAD on the model input, shared with other padded convs, breaks int8
