@@ -77,6 +77,9 @@ var/catalog/index.jsonl: | setup  # every printing rendered (real sv1 scans wher
 bench-resolver: setup var/catalog/index.jsonl
 	$(BIN)/python tests/bench/bench_resolver.py --catalog var/catalog --n 300 --no-ocr
 
+bench-device: setup var/catalog/index.jsonl
+	$(BIN)/python tests/bench/bench_device.py --threads 1 --frames 200 --stacks 10
+
 bench-collection: setup
 	$(BIN)/python tests/bench/bench_collection.py
 
@@ -84,7 +87,11 @@ EVAL_ARGS ?= --identifier hash --n 300 --seed 1
 eval: setup ## evaluation report under var/reports/eval/REPORT.md
 	$(BIN)/python -m models.eval $(EVAL_ARGS) --out var/reports/eval
 
-models: setup ## rebuild the device bundle from the catalog (trains; about an hour on 2 cores)
+var/venv-export/bin/python:  # litert-torch pins typing-extensions<4.13, so the int8 exporter gets its own venv
+	$(PYTHON) -m venv var/venv-export
+	var/venv-export/bin/python -m pip install -q -e ".[export]"
+
+models: setup var/venv-export/bin/python ## rebuild the device bundle from the catalog (trains; about an hour on 2 cores)
 	$(BIN)/python -m models.build_bundle --pokemon-tcg-data $(PTCG) --images $(SV1_IMAGES)
 
 clean:

@@ -254,4 +254,4 @@ def test_tflite_matches_pytorch_embeddings(shared_data):
             p = combine(*model(*x), STRIP_WEIGHT).numpy()[0]
         cos.append(float(np.dot(t, p) / np.linalg.norm(t) / np.linalg.norm(p)))
     print(f"parity: min cosine {min(cos):.4f}, mean {np.mean(cos):.4f}, 5th percentile {np.percentile(cos, 5):.4f}")
-    assert np.mean(cos) >= 0.98 and min(cos) >= 0.95, f"min cosine {min(cos):.4f}, mean {np.mean(cos):.4f}"
+    assert min(cos) >= 0.98, f"min cosine {min(cos):.4f}, mean {np.mean(cos):.4f}"

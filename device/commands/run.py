@@ -31,20 +31,26 @@ def run(args) -> int:
     from device.vision.pipeline import VisionPipeline
     from device.vision.stack import StackConfig
 
-    outbox = None
+    outbox = relay = None
+    pipe = VisionPipeline.from_bundle(args.bundle, args.threads, public_key=args.public_key)
     if args.config:
         from device.config import load_config
         from device.outbox import Outbox
+        from device.relay import Relay
 
         cfg = load_config(args.config)
+        cfg = cfg.model_copy(update={"bundle_version": pipe.bundle_version or cfg.bundle_version})
         outbox = Outbox.from_config(cfg)
-    pipe = VisionPipeline.from_bundle(args.bundle, args.threads, public_key=args.public_key)
+        # The relay runs beside the camera loop: scans are durable in the outbox first, sent when the broker is there.
+        relay = Relay(cfg, outbox).start()
     cam = open_source(args.source, fps=args.fps)
     app = Appliance(pipe, cam, outbox, GpioFeedback() if args.gpio else Feedback(),
                     StackConfig(stable_frames=args.stable_frames), args.max_frames)
     try:
         st = app.run()
     finally:
+        if relay is not None:
+            relay.stop()
         if outbox is not None:
             outbox.close()
     print(json.dumps({"frames": st.frames, "counted": st.counted, "by_decision": st.by_decision,
