@@ -83,7 +83,7 @@ bench-device: setup var/catalog/index.jsonl
 bench-collection: setup
 	$(BIN)/python tests/bench/bench_collection.py
 
-EVAL_ARGS ?= --identifier hash --n 300 --seed 1
+EVAL_ARGS ?= --identifier subprocess --cmd "$(BIN)/scanemon-device identify --bundle models/bundles/demo --json" --n 300 --seed 1
 eval: setup ## evaluation report under var/reports/eval/REPORT.md
 	$(BIN)/python -m models.eval $(EVAL_ARGS) --out var/reports/eval
 
