@@ -115,7 +115,11 @@ def test_login_filter_card_review_in_chromium(live_server):
             page.wait_for_url(f"{url}/collections/{ash.collection_id}")
             assert page.locator("#grid .tile").count() == 12
             # Catalog images load from /images/cards/{id} (real PNGs for sv1, placeholder for base1).
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+            # Poll from Python: wait_for_function's string predicate needs eval(), which our CSP (rightly) forbids.
+            deadline = time.monotonic() + 15
+            while not page.evaluate("Array.from(document.images).every(i => i.complete)"):
+                assert time.monotonic() < deadline, "catalog images did not load"
+                time.sleep(0.1)
             sv1_ok = page.evaluate("Array.from(document.querySelectorAll('.tile[data-card-id^=sv1] img'))"
                                    ".every(i => i.naturalWidth > 100)")
             assert sv1_ok
