@@ -189,7 +189,8 @@ def _check_rel(rel: str) -> str:
     return rel
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename/creation inside ``path`` durable (the directory entry itself is fsync'd)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -206,7 +207,7 @@ def fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def manifest_bytes(manifest: BundleManifest) -> bytes:

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from device.bundle import (
     BundleError,
+    fsync_dir,
     fsync_tree,
     load_public_key,
     read_signature,
@@ -84,14 +85,6 @@ def _hook(step: str) -> None:
             Path(marker).write_text(step)
         while True:  # block until killed: the "power cut" happens here
             time.sleep(3600)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------- download
@@ -199,7 +192,7 @@ class Updater:
         if name == "current":
             _hook("tmp_link")
         os.replace(tmp, self.root / name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _write_state(self, result: UpdateResult) -> None:
         tmp = self.root / ".update-state.json.tmp"
@@ -289,7 +282,7 @@ class Updater:
                     return UpdateResult(True, version, version, "already current")
                 shutil.rmtree(final)  # a leftover from an interrupted earlier attempt; staging is verified
             os.rename(staging, final)
-            _fsync_dir(self.bundles)
+            fsync_dir(self.bundles)
             _hook("renamed")
             self._set_link("current", final)
             _hook("swapped")

@@ -67,7 +67,26 @@ class OrientedEdges(nn.Module):
         return F.relu(self.conv(x))
 
 
-class GlobalBranch(nn.Module):
+class _Branch(nn.Module):
+    """A closed-form linear head on fixed features (edges + colour thumbnail), plus an optional CNN path.
+
+    Subclasses set ``pool``, ``edges``, ``edge_pool``, ``lin``, ``features`` and ``fc``.
+    """
+
+    def lin_features(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
+        return torch.cat([e, thumb(x, self.pool)], 1)
+
+    use_cnn = True  # False: the CNN path is zero (closed-form only) and is left out of the exported graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(self.lin_features(x))
+        if self.use_cnn:
+            y = y + self.fc(self.features(x).reshape(x.shape[0], -1))
+        return y
+
+
+class GlobalBranch(_Branch):
     THUMB_POOL = 8  # 128×96 → 16×12 thumbnail (576 values)
     EDGE_POOL = 8  # 126×94 edge map → 15×11 cells × 8 orientations (1320 values)
     N_EDGE = 8 * 15 * 11
@@ -93,20 +112,9 @@ class GlobalBranch(nn.Module):
         self.fc = nn.Linear(48 * 4 * 3, dim, bias=False)
         nn.init.zeros_(self.fc.weight)
 
-    def lin_features(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
-        return torch.cat([e, thumb(x, self.pool)], 1)
-
-    use_cnn = True  # False: the CNN path is zero (closed-form only) and is left out of the exported graph
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.lin(self.lin_features(x))
-        if self.use_cnn:
-            y = y + self.fc(self.features(x).reshape(x.shape[0], -1))
-        return y
 
 
-class StripBranch(nn.Module):
+class StripBranch(_Branch):
     THUMB_POOL = (4, 8)  # 32×192 → 8×24 colour thumbnail (576 values)
     EDGE_POOL = (4, 4)  # 30×190 edge map → 7×47 cells × 8 orientations (2632 values)
     N_EDGE = 8 * 7 * 47
@@ -131,17 +139,6 @@ class StripBranch(nn.Module):
         self.fc = nn.Linear(32 * 2 * 8, dim, bias=False)
         nn.init.zeros_(self.fc.weight)
 
-    def lin_features(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.edge_pool(self.edges(x)).reshape(x.shape[0], -1)
-        return torch.cat([e, thumb(x, self.pool)], 1)
-
-    use_cnn = True  # False: the CNN path is zero (closed-form only) and is left out of the exported graph
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.lin(self.lin_features(x))
-        if self.use_cnn:
-            y = y + self.fc(self.features(x).reshape(x.shape[0], -1))
-        return y
 
 
 class CardEmbedder(nn.Module):
