@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import StatementError
 
 from server import __version__
 from server import metrics, security
@@ -35,6 +37,14 @@ def create_app(settings: ServerSettings | None = None, db: Database | None = Non
     app.state.db = db
     for module in (health, cards, collections, users, review, prices, identify, fleet, metrics):
         app.include_router(module.router)
+
+    @app.exception_handler(ValueError)
+    async def _driver_rejected_value(request: Request, exc: ValueError):
+        # psycopg2 refuses NUL characters in text (SQLite stores them): a client error, never a 500.
+        orig = exc.orig if isinstance(exc, StatementError) else exc
+        if "NUL (0x00)" in str(orig):
+            return JSONResponse({"detail": "text fields must not contain NUL (0x00) characters"}, status_code=422)
+        raise exc
     # Web page (server-rendered) + static files + catalog images.
     from server.web import routes as web
 

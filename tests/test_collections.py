@@ -396,3 +396,24 @@ def test_migrate_sqlite_to_postgres_verifies_counts(sqlite_env, postgres_url, ca
     db.dispose()
     # A second run into the now non-empty target refuses.
     assert main(["migrate-db", "--from", e.settings.database_url, "--to", postgres_url]) == 1
+
+
+def test_nul_characters_are_a_client_error(migrated_db_url):
+    """PostgreSQL rejects NUL in text; the API must answer 422, not 500 (found by schemathesis)."""
+    from fastapi.testclient import TestClient
+
+    from server.accounts import create_user
+    from server.app import create_app
+    from server.auth import issue_token
+    from server.config import ServerSettings
+    from server.db.session import Database
+
+    db = Database(migrated_db_url)
+    with db.session() as s:
+        token = issue_token(s, create_user(s, "nul-user"), "t", ["read", "write"])
+    settings = ServerSettings(database_url=migrated_db_url, readyz_check_broker=False)
+    with TestClient(create_app(settings, db), raise_server_exceptions=False) as c:
+        r = c.post("/api/v1/collections", json={"name": "bad\u0000name"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (201, 200, 422), r.text  # SQLite stores it; PostgreSQL must not 500
+        r = c.post("/api/v1/collections", json={"name": "good name"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (200, 201), r.text
