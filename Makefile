@@ -66,7 +66,7 @@ serve: setup
 bench: bench-ingest bench-faiss bench-collection bench-resolver bench-device ## all benchmarks
 
 bench-ingest: setup
-	$(BIN)/python -m tests.bench.bench_ingest --devices 4 --rate 500 --seconds 10 --workers 2 --batch-max 100
+	$(BIN)/python -m tests.bench.bench_ingest --devices 4 --rate 800 --seconds 10 --workers 2 --batch-max 100
 
 bench-faiss: setup
 	$(BIN)/python tests/bench/bench_faiss.py
