@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from device.configfile import load_yaml, error_line, ConfigFileError
@@ -94,12 +96,40 @@ class ServerSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, description="HTTP port.", ge=1, le=65535)
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    mqtt_url: str | None = Field(None, description="Broker as one URL, mqtt://[user[:password]@]host[:port] "
+                                 "(env SCANEMON_MQTT_URL); sets mqtt.host/port/username/password and turns the "
+                                 "embedded broker off.")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="Ingest workers.")
     readyz_check_broker: bool = Field(True, description="Whether /readyz requires the broker to be reachable.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (empty: same-origin only).")
     log_json: bool = Field(False, description="Structured JSON logs.")
     security: SecuritySettings = Field(default_factory=SecuritySettings, description="Rate limits, uploads, sessions, headers.")
     resolver: ResolverSettings = Field(default_factory=ResolverSettings, description="Server resolver of ambiguous scans.")
+
+    @model_validator(mode="after")
+    def _apply_mqtt_url(self) -> "ServerSettings":
+        if self.mqtt_url:
+            self.mqtt = self.mqtt.model_copy(update=parse_mqtt_url(self.mqtt_url))
+        return self
+
+
+def parse_mqtt_url(url: str) -> dict:
+    """``mqtt://user:pass@host:port`` -> MqttSettings fields; a clear error for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt":
+        raise ValueError(f"mqtt_url must look like mqtt://[user[:password]@]host[:port], got scheme {parts.scheme!r} "
+                         "(for TLS use a local TLS-terminating listener or the device's mqtt.tls)")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise ValueError(f"mqtt_url has a bad port: {url!r}") from exc
+    if not parts.hostname:
+        raise ValueError(f"mqtt_url has no host: {url!r}")
+    out: dict = {"host": parts.hostname, "port": port, "embedded": False}
+    if parts.username is not None:
+        out["username"] = unquote(parts.username)
+        out["password"] = unquote(parts.password) if parts.password is not None else None
+    return out
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServerSettings:

@@ -102,9 +102,18 @@ class StackSequence:
 
 
 def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: np.random.Generator,
-                   config: StackConfig | None = None) -> StackSequence:
-    """Plan a counter scan of ``n_placements`` card placements drawn from ``card_images`` (id -> image)."""
+                   config: StackConfig | None = None, order: list[str] | None = None) -> StackSequence:
+    """Plan a counter scan of ``n_placements`` card placements drawn from ``card_images`` (id -> image).
+
+    ``order`` scripts the placements instead (one card id per placement, e.g. a demo that must show a
+    duplicate copy and a reprint); a repeated id right after itself is another copy of the same card.
+    """
     cfg = config or StackConfig()
+    if order is not None:
+        missing = sorted(set(order) - set(card_images))
+        if missing:
+            raise ValueError(f"order names cards without an image: {', '.join(missing)}")
+        n_placements = len(order)
     w, h = cfg.size
     ids = sorted(card_images)
     plan: list[dict] = []
@@ -134,9 +143,12 @@ def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: n
 
     empty()
     prev: str | None = None
-    for _ in range(n_placements):
-        same = prev is not None and rng.random() < cfg.p_same_again
-        cid = prev if same else ids[int(rng.integers(len(ids)))]
+    for i in range(n_placements):
+        if order is not None:
+            cid = order[i]
+        else:
+            same = prev is not None and rng.random() < cfg.p_same_again
+            cid = prev if same else ids[int(rng.integers(len(ids)))]
         holder = ["none", "sleeve", "toploader"][int(rng.choice(3, p=[0.75, 0.2, 0.05]))]
         card = _Placed(cid, holder, (float(rng.normal(0, w * 0.01)), float(rng.normal(0, h * 0.01))), float(rng.uniform(-6, 6)))
         on_top = bool(on_mat) and rng.random() < cfg.p_slide_on_top
@@ -166,16 +178,26 @@ def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: n
 
 
 def write_stack(catalog_dir: str | Path, out: str | Path, n_placements: int, seed: int,
-                config: StackConfig | None = None, pool_size: int = 12) -> dict:
-    """Render a sequence from a folder of card JPEGs: OUT/frames/*.jpg, frames.jsonl, events.jsonl, counts.json."""
+                config: StackConfig | None = None, pool_size: int = 12, order: list[str] | None = None) -> dict:
+    """Render a sequence from a folder of card JPEGs: OUT/frames/*.jpg, frames.jsonl, events.jsonl, counts.json.
+
+    ``order``: scripted placements (card ids of ``catalog_dir``) instead of ``n_placements`` random ones.
+    """
     from models.synth.dataset import catalog_ids
 
     cfg = config or StackConfig()
     rng = np.random.default_rng(seed)
-    ids = catalog_ids(catalog_dir)
-    chosen = [ids[int(j)] for j in rng.choice(len(ids), size=min(pool_size, len(ids)), replace=False)]
+    if order is not None:
+        chosen = list(dict.fromkeys(order))
+        n_placements = len(order)
+    else:
+        ids = catalog_ids(catalog_dir)
+        chosen = [ids[int(j)] for j in rng.choice(len(ids), size=min(pool_size, len(ids)), replace=False)]
     images = {c: cv2.imread(str(Path(catalog_dir) / f"{c}.jpg")) for c in chosen}
-    seq = simulate_stack(images, n_placements, rng, cfg)
+    unreadable = sorted(c for c, im in images.items() if im is None)
+    if unreadable:
+        raise FileNotFoundError(f"no readable image in {catalog_dir} for: {', '.join(unreadable)}")
+    seq = simulate_stack(images, n_placements, rng, cfg, order=order)
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

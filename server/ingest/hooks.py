@@ -1,4 +1,4 @@
-"""Hooks ingest calls after a commit. The resolver workstream replaces ``on_ambiguous``.
+"""Hooks ingest calls after a commit.
 
 Hooks run on the ingest worker's thread after the scans are committed (and acked), once per newly
 stored scan: a duplicate never triggers a hook twice. An exception in a hook is logged and ignored;
@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 def on_ambiguous(scan: Scan) -> None:
     """A new ambiguous scan is stored with status ``pending`` (look it up by device_id + scan_id).
 
-    Placeholder until the resolver lands: the resolver will shortlist with open_clip + FAISS, then set
-    the scan to ``resolved`` (and count it into the collection) or ``needs_review``, and publish a
+    The resolver worker (server/resolver/worker.py) shortlists with the server model + FAISS, then sets
+    the scan to ``resolved`` (counted into the collection) or ``needs_review``, and publishes a
     ``ScanResult`` to the device.
     """
     log.debug("ambiguous scan %s from %s waits for the resolver", scan.scan_id, scan.device_id)
