@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--also-hnsw", action="store_true", help="also time HNSW at sizes above the flat limit (slow build)")
     ap.add_argument("--threads", type=int, default=2, help="threads for building (search is timed on 1)")
+    ap.add_argument("--json-out", default=None, help="also write the figures as JSON (for make bench's report)")
     a = ap.parse_args(argv)
 
     import faiss
@@ -100,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     if big:
         ok = big[0]["p99_ms"] <= 10 and big[0]["recall@10"] >= 0.95
         print(f"goal 1M: p99 <= 10 ms and recall@10 >= 0.95: {'met' if ok else 'NOT met'}")
+    if a.json_out:
+        import json
+        from pathlib import Path
+
+        Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json_out).write_text(json.dumps({"dim": a.dim, "queries": a.queries, "rows": [
+            {"vectors": n, "index": name, "build_s": round(b, 2), **{k: round(v, 4) for k, v in r.items()}}
+            for n, name, b, r in rows]}, indent=2))
     return 0
 
 

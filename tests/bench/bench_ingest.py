@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-max", type=int, default=50, help="device relay batch size")
     ap.add_argument("--ingest-batch", type=int, default=500, help="ingest scans per commit")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json-out", default=None, help="also write the figures as JSON (for make bench's report)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="scanemon-bench-"))
@@ -117,6 +118,16 @@ def main(argv: list[str] | None = None) -> int:
               f"devices={100 * dev_cpu / wall:.0f}% machine={machine:.0f}% of {psutil.cpu_count()} cores")
         ok = lost == 0 and dup == 0 and n / span >= 2000
         print("goal >= 2000 scans/s with zero loss:", "MET" if ok else "NOT MET")
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps({
+                "devices": args.devices, "workers": args.workers, "offered_per_s": offered, "stored": n,
+                "stored_per_s": round(n / span, 1), "ack_p50_ms": round(1000 * pct(lat, 0.5), 1),
+                "ack_p99_ms": round(1000 * pct(lat, 0.99), 1), "lost": lost, "duplicated": dup,
+                "cpu_share_of_one_core": {"broker": round((cpu1[0] - cpu0[0]) / wall, 3),
+                                          "ingest": round((cpu1[1] - cpu0[1]) / wall, 3),
+                                          "postgres": round((cpu1[2] - cpu0[2]) / wall, 3)},
+                "goal_met": ok}, indent=2))
         return 0 if lost == 0 and dup == 0 else 1
     finally:
         if stack is not None:
