@@ -528,7 +528,7 @@ def cmd_boot_files(args) -> int:
 def cmd_units(args) -> int:
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("scanemon-server.service", "scanemon-ingest@.service"):
+    for name in ("scanemon-server.service", "scanemon-ingest@.service", "scanemon-resolver.service"):
         (out / name).write_text(render(name, venv=args.venv, http_port=args.http_port))
     _out(f"wrote server units to {out}")
     return 0

@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=15.0, help="camera frame rate of the simulated device")
     ap.add_argument("--exit-when-done", action="store_true", help="stop once every scan is acked and resolved (tests/CI)")
     ap.add_argument("--no-resolver", action="store_true", help="leave ambiguous scans pending (no server model)")
+    ap.add_argument("--screenshots", type=Path, default=None,
+                    help="after the scan, save PNGs of the collection, review and devices pages here (playwright)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
@@ -261,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"web page: {url}/  (collection, review queue at {url}/review, devices at {url}/devices)  — Ctrl-C to stop",
           flush=True)
     ok = outbox.depth() == 0 and (resolver is None or _pending(db) == 0)
+    if args.screenshots:
+        from server.web.screenshots import capture
+
+        try:
+            for p in capture(url, args.screenshots, DEMO_USER, DEMO_PASSWORD):
+                print(f"screenshot: {p}", flush=True)
+        except Exception as exc:  # a missing browser must not take the demo down
+            log.warning("screenshots skipped: %s", exc)
     try:
         if not args.exit_when_done:
             while True:

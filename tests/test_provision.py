@@ -184,6 +184,9 @@ def test_server_units(tmp_path):
     assert provision(["units", str(tmp_path / "u")]) == 0
     text = (tmp_path / "u/scanemon-server.service").read_text()
     assert "provisioning.healthwatch" in text and "WatchdogSec=30" in text and "Restart=on-failure" in text
+    # Every ingest@K instance is its own worker (own client id and session), not K copies of worker 0.
+    assert "ingest --worker-index %i" in (tmp_path / "u/scanemon-ingest@.service").read_text()
+    assert "resolver worker" in (tmp_path / "u/scanemon-resolver.service").read_text()
 
 
 def test_sd_notify_and_healthwatch(tmp_path):
