@@ -13,12 +13,13 @@ PTCG := $(SHARED_DATA)/pokemon-tcg-data
 SV1_IMAGES := $(SHARED_DATA)/PTCGextension/cards
 EXTRAS ?= device,server,resolver,train,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)
-APT_PACKAGES := mosquitto mosquitto-clients postgresql chromium tesseract-ocr
+APT_PACKAGES := mosquitto mosquitto-clients postgresql chromium tesseract-ocr nginx-light
 PYTEST_ARGS ?=
 export SCANEMON_SHARED_DATA := $(SHARED_DATA)
 
-.PHONY: help setup system-deps demo test test-fast reliability bench bench-ingest bench-faiss bench-collection bench-resolver bench-device \
-        eval models catalog serve clean
+.PHONY: help setup system-deps demo test test-fast reliability bench bench-report bench-ingest bench-faiss bench-collection \
+        bench-resolver bench-device bench-accuracy \
+        eval eval-final models catalog serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -63,29 +64,53 @@ demo: setup ## one box: server + embedded broker + simulated device scanning a s
 serve: setup
 	$(BIN)/scanemon-server serve
 
-bench: bench-ingest bench-faiss bench-collection bench-resolver bench-device ## all benchmarks
+# Every benchmark records its figures with the command and the machine (tests/bench/results.py); the report
+# turns them into one table. A failing benchmark is reported as missing, the others still run.
+BENCH := $(BIN)/python -m tests.bench.results run
+RAW := var/reports/bench/raw
+BENCHES := bench-device bench-accuracy bench-resolver bench-faiss bench-ingest bench-collection
+
+bench: setup ## every benchmark, then one report: var/reports/bench/REPORT.md + report.json (copied to docs/bench)
+	@for t in $(BENCHES); do $(MAKE) --no-print-directory $$t || echo "bench: $$t FAILED (left out of the report)"; done
+	$(BIN)/python -m tests.bench.report --copy-to docs/bench
+
+bench-report: setup ## rebuild the report from the recorded runs
+	$(BIN)/python -m tests.bench.report --copy-to docs/bench
 
 bench-ingest: setup
-	$(BIN)/python -m tests.bench.bench_ingest --devices 4 --rate 800 --seconds 10 --workers 2 --batch-max 100
+	$(BENCH) ingest --json $(RAW)/ingest.json --target "make bench-ingest" -- \
+	  $(BIN)/python -m tests.bench.bench_ingest --devices 4 --rate 800 --seconds 10 --workers 2 --batch-max 100 --json-out $(RAW)/ingest.json
 
 bench-faiss: setup
-	$(BIN)/python tests/bench/bench_faiss.py
+	$(BENCH) faiss --json $(RAW)/faiss.json --target "make bench-faiss" -- \
+	  $(BIN)/python tests/bench/bench_faiss.py --json-out $(RAW)/faiss.json
 
 var/catalog/index.jsonl: | setup  # every printing rendered (real sv1 scans where they exist), ~3 min
 	$(BIN)/python -m models.synth catalog --pokemon-tcg-data $(PTCG) --images $(SV1_IMAGES) --out var/catalog
 
 bench-resolver: setup var/catalog/index.jsonl
-	$(BIN)/python tests/bench/bench_resolver.py --catalog var/catalog --n 300 --no-ocr
+	$(BENCH) resolver --json $(RAW)/resolver.json --target "make bench-resolver" -- \
+	  $(BIN)/python tests/bench/bench_resolver.py --catalog var/catalog --n 300 --no-ocr --json-out $(RAW)/resolver.json
 
 bench-device: setup var/catalog/index.jsonl
-	$(BIN)/python tests/bench/bench_device.py --threads 1 --frames 200 --stacks 10
+	$(BENCH) device --json $(RAW)/device.json --target "make bench-device" -- \
+	  $(BIN)/python tests/bench/bench_device.py --threads 1 --frames 200 --stacks 10 --out $(RAW)/device.json
+
+bench-accuracy: setup var/catalog/index.jsonl ## device-only accuracy + detector IoU (simulated captures, real photos)
+	$(BENCH) accuracy_device --json $(RAW)/accuracy_device.json --target "make bench-accuracy" -- \
+	  $(BIN)/python -m models.vision_eval --bundle models/bundles/demo --n 500 --out $(RAW)/accuracy_device.json
 
 bench-collection: setup
-	$(BIN)/python tests/bench/bench_collection.py
+	$(BENCH) collection --json $(RAW)/collection.json --target "make bench-collection" -- \
+	  $(BIN)/python tests/bench/bench_collection.py --json-out $(RAW)/collection.json
 
 EVAL_ARGS ?= --identifier subprocess --cmd "$(BIN)/scanemon-device identify --bundle models/bundles/demo --json" --n 300 --seed 1
 eval: setup ## evaluation report under var/reports/eval/REPORT.md
 	$(BIN)/python -m models.eval $(EVAL_ARGS) --out var/reports/eval
+
+EVAL_FINAL_ARGS ?= --sets full_catalog_scanner_box,sv1_real_scans_scanner_box --n 3000 --n-sv1 600 --seed 900000
+eval-final: setup var/catalog/index.jsonl ## final answer (device + resolver), simulated captures -> var/reports/eval-final/REPORT.md
+	nice -n 10 $(BIN)/python -m models.eval.final $(EVAL_FINAL_ARGS) --out var/reports/eval-final --docs-copy docs/eval/final.md
 
 var/venv-export/bin/python:  # litert-torch pins typing-extensions<4.13, so the int8 exporter gets its own venv
 	$(PYTHON) -m venv var/venv-export
