@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server import accounts
-from server.api.deps import DbIdPath, get_session
+from server.api.deps import DbId, DbIdPath, get_session
 from server.auth import SCOPES, Principal, current_principal, issue_token, require
 from server.collections_service import owned_collection
 from server.db.models import ApiToken, Collection, Device, User
@@ -101,13 +101,13 @@ class DeviceOut(BaseModel):
 class DevicePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=200)
-    collection_id: int | None = Field(None, description="Target collection for this device's scans (yours).")
+    collection_id: DbId | None = Field(None, description="Target collection for this device's scans (yours).")
 
 
 class DeviceOwnerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: int | None = Field(description="New owner; null unbinds the device.")
-    collection_id: int | None = Field(None, description="That user's target collection.")
+    user_id: DbId | None = Field(description="New owner; null unbinds the device.")
+    collection_id: DbId | None = Field(None, description="That user's target collection.")
 
 
 def token_out(t: ApiToken, cls=TokenOut, **extra):
