@@ -8,7 +8,11 @@ Runs the *device* pipeline (TFLite detector + embedder + catalog matcher from th
   that reached the embedder; the same with the labelled quads instead of the detector ("oracle"); auto-accept precision
   and coverage with the bundle thresholds;
 * detection: found-rate of fully visible simulated cards (quad IoU ≥ 0.5), mean quad IoU;
-* real photos (TEST split, boxes only): mean box IoU of matched ground-truth boxes, recall, false positives.
+* detector corner precision: median max-corner error of identified cards, the same up to corner order, and
+  the fraction with the wrong top side (quad right, orientation wrong);
+* real photos (TEST split, boxes only): mean box IoU over all ground-truth boxes (each greedily matched to
+  the unused detection whose bounding box overlaps it most; unmatched = 0), missed / partial boxes,
+  recall at IoU 0.5, false positives.
 
 Frames are regenerated from seeds (``models.synth.dataset.make_frame``); nothing is written but the report.
 """
@@ -58,7 +62,10 @@ def card_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9
         if r["identified"]:
             r.update(top1=best.candidates[0][0], top5=[c for c, _ in best.candidates], score=best.score,
                      margin=best.margin, decision=best.decision,
-                     corner_err=float(np.abs(best.quad - gq).max()))
+                     corner_err=float(np.abs(best.quad - gq).max()),
+                     # the same up to the corner order: the quad's fit apart from its orientation (top side)
+                     corner_err_any_rotation=min(float(np.abs(np.roll(best.quad, k, axis=0) - gq).max()) for k in range(4)))
+            r["wrong_orientation"] = r["corner_err"] > r["corner_err_any_rotation"] + 1e-3
         else:
             r["reject_reason"] = next((reason for q, reason in res.rejected if quad_iou(q, gq) >= 0.5),
                                       "missed" if not found else res.reject_reason)
@@ -94,6 +101,10 @@ def summarize(recs: list[dict], thresholds=None) -> dict:
         s["accept_precision"] = _frac([r["top1"] == r["card_id"] for r in acc]) if acc else None
         s["accepted_wrong"] = sum(1 for r in acc if r["top1"] != r["card_id"])
         s["mean_quad_iou"] = float(np.mean([r["iou"] for r in recs if r["found"]]))
+        # detector corner precision on the cards that reached the embedder (frame pixels, max over corners)
+        s["corner_err_median"] = round(float(np.median([r["corner_err"] for r in ident])), 2)
+        s["corner_err_any_rotation_median"] = round(float(np.median([r["corner_err_any_rotation"] for r in ident])), 2)
+        s["wrong_orientation"] = _frac([r["wrong_orientation"] for r in ident])
     reasons: dict[str, int] = {}
     for r in recs:
         if not r.get("identified"):
@@ -157,6 +168,7 @@ def photo_eval(pipe, split_dir: str | None = None) -> dict:
         fps += len(pb) - len(used)
     ious_a = np.array(ious)
     return {"images": len(boxes), "gt_boxes": n_gt, "mean_iou": round(float(ious_a.mean()), 4) if n_gt else None,
+            "missed": int((ious_a < 0.1).sum()), "partial_iou_below_50": int(((ious_a >= 0.1) & (ious_a < 0.5)).sum()),
             "mean_iou_matched": round(float(ious_a[ious_a >= 0.5].mean()), 4) if (ious_a >= 0.5).any() else None,
             "recall_iou50": round(float((ious_a >= 0.5).mean()), 4), "false_positives": fps}
 

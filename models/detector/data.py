@@ -102,8 +102,10 @@ def photo_boxes(split: str = "train") -> dict[str, list[tuple[float, float, floa
     return dict(by)
 
 
-def photo_item(path: Path, boxes: list, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A real photo with box supervision, randomly cropped/flipped/recoloured."""
+def photo_item(path: Path, boxes: list, rng: np.random.Generator, corner_ignore: bool = False,
+               corner_cut: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real photo with box supervision, randomly cropped/flipped/recoloured. ``corner_ignore``: trust only
+    each box's inner octagon as card (see below) instead of the whole box."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     h, w = img.shape[:2]
     b = np.array(boxes, np.float32)
@@ -133,17 +135,71 @@ def photo_item(path: Path, boxes: list, rng: np.random.Generator) -> tuple[np.nd
     kern = np.zeros((oh * SS, ow * SS), np.uint8)
     wt = np.ones((3, oh, ow), np.uint8)
     wt[2] = 0  # playing cards look the same both ways up: no orientation supervision
+    if not corner_ignore:
+        for bx in b:
+            q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
+            _fill(face, q, 1, r)
+            _fill(kern, shrink(q), 1, r)
+            # ignore a ring around the box edge: the box is axis-aligned, the card may not be
+            for ch, qq in ((0, q), (1, shrink(q))):
+                ring = np.zeros((oh, ow), np.uint8)
+                cv2.polylines(ring, [np.round(qq * (r / SS) * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
+                wt[ch][ring > 0] = 0
+        y = np.stack([_soft(face), _soft(kern), np.zeros((oh, ow), np.uint8)])
+        return xin, y, wt
+    # A tilted card fills its axis-aligned box except four corner triangles: supervise the box's inner
+    # octagon as card and everything outside the box as background, and ignore the corners (and a ring
+    # along the box edge) — box labels then no longer teach the network that cards are axis-aligned blobs.
+    # Same for the kernel (the shrunk box). Where boxes overlap (overlapping cards; boxes are the visible
+    # parts), the kernel is ignored: which card is on top is not in the label.
+    known = np.zeros((2, oh * SS, ow * SS), np.uint8)  # 1 = label is trusted there
+    known[:] = 1
+    cover = np.zeros((oh * SS, ow * SS), np.uint8)
     for bx in b:
         q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
-        _fill(face, q, 1, r)
-        _fill(kern, shrink(q), 1, r)
-        # ignore a ring around the box edge: the box is axis-aligned, the card may not be
+        for ch, qq in ((0, q), (1, shrink(q))):
+            box = np.zeros_like(cover)
+            _fill(box, qq, 1, r)
+            octa = np.zeros_like(cover)
+            _fill(octa, _octagon(qq, corner_cut), 1, r)
+            known[ch][(box > 0) & (octa == 0)] = 0
+            (face if ch == 0 else kern)[octa > 0] = 1
+            if ch == 1:
+                cover += box
+    known[1][cover > 1] = 0
+    for ch in (0, 1):
+        # a cell is trusted only if all of its supersamples are, plus the 1-cell ring along each box edge
+        wt[ch] = (cv2.resize(known[ch].astype(np.float32), OUT_SIZE, interpolation=cv2.INTER_AREA) > 0.999)
+    for bx in b:
+        q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
         for ch, qq in ((0, q), (1, shrink(q))):
             ring = np.zeros((oh, ow), np.uint8)
             cv2.polylines(ring, [np.round(qq * (r / SS) * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
             wt[ch][ring > 0] = 0
     y = np.stack([_soft(face), _soft(kern), np.zeros((oh, ow), np.uint8)])
     return xin, y, wt
+
+
+def _octagon(q: np.ndarray, cut: float) -> np.ndarray:
+    """The axis-aligned box ``q`` (TL, TR, BR, BL) with each corner cut off ``cut`` × its shorter side."""
+    (x0, y0), (x1, y1) = q[0], q[2]
+    c = cut * min(x1 - x0, y1 - y0)
+    return np.array([[x0 + c, y0], [x1 - c, y0], [x1, y0 + c], [x1, y1 - c], [x1 - c, y1], [x0 + c, y1],
+                     [x0, y1 - c], [x0, y0 + c]], np.float32)
+
+
+def build_photos(out: str, seed: int, repeats: int = 3, corner_ignore: bool = True) -> dict:
+    """Only the playing-card photos' TRAIN split (``repeats`` random augmentations of each), for fine-tuning."""
+    t0 = time.time()
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(repeats):
+        for name, bxs in sorted(photo_boxes("train").items()):
+            items.append(photo_item(Path(PHOTOS) / "train" / name, bxs, rng, corner_ignore=corner_ignore))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, x=np.stack([i[0] for i in items]), y=np.stack([i[1] for i in items]),
+             w=np.stack([i[2] for i in items]), n_sim=0)
+    return {"n": len(items), "seconds": round(time.time() - t0, 1)}
 
 
 def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6,
@@ -182,10 +238,16 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--catalog", default="var/catalog")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--photo-repeats", type=int, default=6, help="augmented copies of each TRAIN photo")
+    ap.add_argument("--photos-only", action="store_true",
+                    help="only the TRAIN photos, boxes as octagon-with-ignored-corners targets (fine-tuning)")
     a = ap.parse_args()
-    print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers)))
+    if a.photos_only:
+        print(json.dumps(build_photos(a.out, a.seed, a.photo_repeats)))
+    else:
+        print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers, a.photo_repeats)))

@@ -55,6 +55,11 @@ def train(args: argparse.Namespace) -> dict:
     log = open(out / "train.log", "a")
     t0 = time.time()
     pos_w = torch.tensor([1.0, 2.0, 1.0]).view(1, 3, 1, 1)
+    model.train()
+    if args.freeze_bn:  # statistics unknown (weights recovered from an int8 graph): keep them fixed
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
     for t in range(start, args.steps):
         r = np.random.default_rng([args.seed, t])
         idx = r.choice(n, args.batch, replace=False)
@@ -69,7 +74,7 @@ def train(args: argparse.Namespace) -> dict:
         w[flip] = w[flip, :, :, ::-1]
         xt = torch.from_numpy(np.ascontiguousarray(x[..., ::-1].transpose(0, 3, 1, 2)).clip(0, 1)).float()  # BGR→RGB
         yt, wt = torch.from_numpy(np.ascontiguousarray(y)), torch.from_numpy(np.ascontiguousarray(w))
-        lr = args.lr * min(1.0, (t + 1) / 50) * 0.5 * (1 + math.cos(math.pi * t / args.steps))
+        lr = args.lr * min(1.0, (t + 1) / max(args.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * t / args.steps))
         for g in opt.param_groups:
             g["lr"] = lr
         logits = model(xt)
@@ -102,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init", help="state_dict to start from")
+    ap.add_argument("--init", help="state_dict to start from (e.g. models.detector.from_tflite output)")
+    ap.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed (fine-tuning)")
+    ap.add_argument("--warmup", type=int, default=50, help="linear learning-rate warm-up steps")
     return ap
 
 
