@@ -44,7 +44,8 @@ MAX_BATCH = 100
 TOP_K = 5
 
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{1,63}$")
-CARD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# Real ids include punctuation: the Unown printings "ex10-!" and "ex10-?".
+CARD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:!?-]{0,63}$")
 
 
 class ProtocolError(ValueError):

@@ -97,3 +97,13 @@ def test_json_schema_export(tmp_path):
     scan_schema = json.loads((tmp_path / "scans.schema.json").read_text())
     assert "Scan" in scan_schema["$defs"]
     assert scan_schema["$defs"]["Scan"]["properties"]["seq"]["description"]
+
+
+def test_every_catalog_card_id_is_a_valid_wire_card_id(shared_data):
+    """A scan naming any real printing must pass the protocol (the Unown cards are 'ex10-!' and 'ex10-?')."""
+    from device.protocol import CARD_ID_RE
+    from server.catalog.sources import PokemonTCGSource
+
+    ids = [c.id for c in PokemonTCGSource(shared_data / "pokemon-tcg-data").iter_cards()]
+    assert len(ids) > 19_000
+    assert [i for i in ids if not CARD_ID_RE.fullmatch(i)] == []

@@ -74,6 +74,10 @@ class ResolverConfig:
     max_contenders: int = 6
     accept_confidence: float = 0.9
     ocr: bool = False
+    wide_top_k: int = 40  # second, wider search when "none of these" dominates (0 = off)
+    wide_if_null: float = 0.5  # ... i.e. when P(none of these) is at least this
+    pool_same_art: bool = True  # same-illustration candidates share their best geometric evidence
+    match_blur: bool = True  # compare regions against catalog faces blurred like the crop (verify.estimate_blur)
 
 
 @dataclass
@@ -103,15 +107,23 @@ class Resolver:
 
     # --- candidates ----------------------------------------------------------------------------------
 
-    def shortlist(self, crop: np.ndarray, device_candidates: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """(oriented canonical crop, its embedding, {card_id: embedding similarity}) for the shortlist."""
+    def shortlist(self, crop: np.ndarray, device_candidates: Sequence[str] = (), *, top_k: int | None = None,
+                  both: bool = False, max_candidates: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """(oriented canonical crop, its embedding, {card_id: embedding similarity}) for the shortlist.
+
+        ``both``: take the nearest neighbours of both 180° orientations (similarity = the better of the
+        two), for the wide second search when the first shortlist failed verification."""
         c = V.to_canon(crop)
         views = [c, cv2.rotate(c, cv2.ROTATE_180)]
         emb = self.embedder.embed_images(views)
-        scores, ids = self.index.search(emb, self.config.top_k)
+        scores, ids = self.index.search(emb, top_k or self.config.top_k)
         o = int(np.argmax(scores[:, 0]))
         e = emb[o]
         sims: dict[str, float] = {cid: float(s) for cid, s in zip(ids[o], scores[o])}
+        if both:
+            for cid, sc in zip(ids[1 - o], scores[1 - o]):
+                if cid and float(sc) > sims.get(cid, -2.0):
+                    sims[cid] = float(sc)
         for cid in device_candidates:
             if cid in self.index.pos and cid not in sims:
                 sims[cid] = self._sim(cid, e)
@@ -122,7 +134,7 @@ class Resolver:
                 sib = sorted(sib, key=lambda s: -self._sim(s, e))[: self.config.max_siblings]
             for s in sib:
                 sims[s] = self._sim(s, e)
-        keep = sorted(sims, key=lambda k: -sims[k])[: self.config.max_candidates]
+        keep = sorted(sims, key=lambda k: -sims[k])[: max_candidates or self.config.max_candidates]
         # Device candidates always survive the cut: the device saw the card at full resolution.
         keep += [cid for cid in device_candidates if cid in sims and cid not in keep]
         return views[o], e, {k: sims[k] for k in keep}
@@ -139,27 +151,66 @@ class Resolver:
             return [], np.zeros((0, len(FEATURES))), {}
         qf = V.extract(crop_canon)
         feats = {c: self.catalog.features(c) for c in ids}
-        geo = {c: V.geometric(qf, feats[c]) for c in ids}
-        best_inl = max(g.inliers for g in geo.values())
+        if self.config.pool_same_art:
+            # Printings of one illustration share the art, so their keypoint evidence differs only by RANSAC
+            # chance (and a few footer keypoints): a reprint must not win on inlier noise. Geometry is checked
+            # for the illustration's leading printing (the next one too when that fails), every printing gets
+            # the illustration's best evidence, and the region and footer comparisons decide between them.
+            groups: dict[str, list[str]] = {}
+            for c in sorted(ids, key=lambda c: -sims[c]):
+                groups.setdefault(self.meta.get(c, {}).get("illustration_id") or c, []).append(c)
+            geo = {}
+            for members in groups.values():
+                for j, c in enumerate(members[:2]):
+                    if j and geo[members[0]].inliers >= 15:
+                        break
+                    geo[c] = V.geometric(qf, feats[c])
+            for members in groups.values():
+                best = max((geo[c] for c in members if c in geo), key=lambda g: g.inliers)
+                for c in members:
+                    geo.setdefault(c, V.Geometric(best.inliers, best.matches, None))
+            inl = {c: geo[c].inliers for c in ids}
+            ratio = {c: max(geo[m].ratio for m in groups[self.meta.get(c, {}).get("illustration_id") or c]) for c in ids}
+            for members in groups.values():
+                top = max(inl[m] for m in members)
+                for m in members:
+                    inl[m] = top
+        else:
+            geo = {c: V.geometric(qf, feats[c]) for c in ids}
+            inl = {c: geo[c].inliers for c in ids}
+            ratio = {c: geo[c].ratio for c in ids}
+        best_inl = max(inl.values())
         best_emb = max(sims[c] for c in ids)
         # Contenders: the candidates geometry cannot separate (close inlier counts) + the embedding leader.
-        order = sorted(ids, key=lambda c: (-geo[c].inliers, -sims[c]))
-        contenders = [c for c in order if geo[c].inliers >= max(10, 0.6 * best_inl)][: self.config.max_contenders]
+        order = sorted(ids, key=lambda c: (-inl[c], -sims[c]))
+        contenders = [c for c in order if inl[c] >= max(10, 0.6 * best_inl)]
+        if len(contenders) > self.config.max_contenders:
+            # The leading illustration's printings are the contest that matters: with pooled evidence a large
+            # group of another art (same Pokémon, similar layout) must not crowd one of them out of the cut.
+            lead = self.meta.get(contenders[0], {}).get("illustration_id") or contenders[0]
+            first = [c for c in contenders if (self.meta.get(c, {}).get("illustration_id") or c) == lead]
+            first = first[: max(self.config.max_contenders, self.config.max_siblings)]
+            rest = [c for c in contenders if c not in first]
+            contenders = first + rest[: max(0, self.config.max_contenders - len(first))]
         if not contenders:
             contenders = sorted(ids, key=lambda c: -sims[c])[:2]
         # One alignment for all contenders (from the best-supported homography): contenders share the art and
         # layout, so comparing each against the *same* warped crop keeps alignment noise out of the contest.
-        H = next((geo[c].H for c in contenders if geo[c].H is not None), None)
+        ref = max((c for c in contenders if geo[c].H is not None), key=lambda c: geo[c].inliers, default=None)
+        H = geo[ref].H if ref is not None else None
         q_al = V.align(qf.norm, H)
         aligned = {c: q_al for c in contenders}
-        region = V.pairwise_region_scores(aligned, feats, contenders)
+        # Compare with the catalog faces blurred as much as this crop is (defocus, motion, low resolution).
+        sigma = V.estimate_blur(V.align(qf.gray, H), feats[ref].gray) if (ref is not None and self.config.match_blur) else 0.0
+        norms = {c: feats[c].norm_at(sigma) for c in contenders}
+        region = V.pairwise_region_scores(aligned, feats, contenders, norms, grow=int(round(sigma)))
         fm = V.zone_mask("footer")
-        footer = {c: (V.ncc(aligned[c], feats[c].norm, fm) if c in aligned else 0.0) for c in ids}
+        footer = {c: (V.ncc(aligned[c], norms[c], fm) if c in aligned else 0.0) for c in ids}
         best_footer = max(footer[c] for c in contenders)
-        X = np.array([[sims[c], sims[c] - best_emb, np.log1p(geo[c].inliers), geo[c].inliers / max(best_inl, 1),
-                       geo[c].ratio, region.get(c, 0.0), footer[c],
+        X = np.array([[sims[c], sims[c] - best_emb, np.log1p(inl[c]), inl[c] / max(best_inl, 1),
+                       ratio[c], region.get(c, 0.0), footer[c],
                        (footer[c] - best_footer) if c in aligned else -1.0] for c in ids], np.float64)
-        detail = {"contenders": contenders, "inliers": {c: geo[c].inliers for c in ids}}
+        detail = {"contenders": contenders, "inliers": {c: geo[c].inliers for c in ids}, "blur_sigma": sigma}
         return ids, X, detail
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
@@ -182,6 +233,18 @@ class Resolver:
         if not ids:
             return Resolution(None, 0.0, "needs_review", [], quad, (time.perf_counter() - t0) * 1000, {"reason": "no candidates"})
         p = self.probabilities(X)
+        if self.config.wide_top_k > self.config.top_k and 1.0 - float(p.sum()) >= self.config.wide_if_null:
+            # "None of these" is the likeliest reading: typically a crop whose corners the device got wrong
+            # (shifted, zoomed, turned), so neither the device's top-5 nor the embedding's top-10 holds the card.
+            # Search wider (both orientations) and keep the wider answer only when it is more confident.
+            canon2, _, sims2 = self.shortlist(crop, device_candidates, top_k=self.config.wide_top_k, both=True,
+                                              max_candidates=self.config.wide_top_k + self.config.max_siblings)
+            ids2, X2, detail2 = self.features(canon2, sims2)
+            if ids2:
+                p2 = self.probabilities(X2)
+                if float(p2.max()) > float(p.max()):
+                    canon, ids, X, detail, p = canon2, ids2, X2, detail2, p2
+                detail["wide"] = True
         order = np.argsort(-p)
         top = ids[order[0]]
         conf = float(p[order[0]])

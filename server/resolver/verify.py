@@ -25,7 +25,7 @@ import logging
 import re
 import shutil
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -56,15 +56,61 @@ def normalise(gray: np.ndarray, sigma: float = 6.0) -> np.ndarray:
     return d / sd
 
 
-@dataclass
 class Features:
-    """ORB keypoints/descriptors + normalised gray image of one canonical card face."""
+    """ORB keypoints/descriptors + gray image of one canonical card face.
 
-    kp: np.ndarray  # (n, 2) float32 keypoint coordinates
-    des: np.ndarray | None  # (n, 32) uint8
-    norm: np.ndarray  # local-contrast-normalised gray, CANON size
-    gray: np.ndarray
-    smooth: np.ndarray | None = None  # lightly blurred gray (int16) for differential masks
+    The normalised and smoothed images are only needed for the few *contenders* (region comparison), while
+    ORB runs on every shortlisted candidate: they are computed on first use and kept (the LRU cache of
+    catalog features then holds them for hot cards)."""
+
+    __slots__ = ("gray", "_kp", "_des", "_norm", "_smooth")
+
+    def __init__(self, gray: np.ndarray):
+        self.gray = gray
+        self._kp: np.ndarray | None = None
+        self._des: np.ndarray | None = None
+        self._norm: np.ndarray | None = None
+        self._smooth: np.ndarray | None = None
+
+    def _orb(self) -> None:
+        kps, des = _detector().detectAndCompute(self.gray, None)
+        self._kp = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+        self._des = des
+
+    @property
+    def kp(self) -> np.ndarray:
+        """(n, 2) float32 ORB keypoint coordinates (computed on first use: a reprint whose art another
+        printing already verified needs no keypoints of its own)."""
+        if self._kp is None:
+            self._orb()
+        return self._kp
+
+    @property
+    def des(self) -> np.ndarray | None:
+        """(n, 32) uint8 ORB descriptors."""
+        if self._kp is None:
+            self._orb()
+        return self._des
+
+    @property
+    def norm(self) -> np.ndarray:
+        """Local-contrast-normalised gray, CANON size (float32)."""
+        if self._norm is None:
+            self._norm = normalise(cv2.GaussianBlur(self.gray, (0, 0), 0.8))
+        return self._norm
+
+    def norm_at(self, sigma: float) -> np.ndarray:
+        """The normalised face as a camera that blurs by ``sigma`` px would see it (not cached: contenders only)."""
+        if sigma <= 0.05:
+            return self.norm
+        return normalise(cv2.GaussianBlur(self.gray, (0, 0), float(np.hypot(0.8, sigma))))
+
+    @property
+    def smooth(self) -> np.ndarray:
+        """Lightly blurred gray (int16) for differential masks."""
+        if self._smooth is None:
+            self._smooth = cv2.GaussianBlur(self.gray, (0, 0), 1.0).astype(np.int16)
+        return self._smooth
 
 
 _orb = None
@@ -80,11 +126,7 @@ def _detector():
 
 def extract(img: np.ndarray) -> Features:
     c = to_canon(img)
-    gray = cv2.cvtColor(c, cv2.COLOR_BGR2GRAY)
-    kps, des = _detector().detectAndCompute(gray, None)
-    pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-    return Features(pts, des, normalise(cv2.GaussianBlur(gray, (0, 0), 0.8)), gray,
-                    cv2.GaussianBlur(gray, (0, 0), 1.0).astype(np.int16))
+    return Features(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY))
 
 
 class CatalogImages:
@@ -145,9 +187,17 @@ def geometric(q: Features, c: Features, ratio: float = 0.8, reproj_px: float = 4
     src = q.kp[[m.queryIdx for m in good]]
     dst = c.kp[[m.trainIdx for m in good]]
     H, mask = cv2.findHomography(src, dst, cv2.RANSAC, reproj_px, maxIters=500, confidence=0.99)
+    inl = int(mask.sum()) if (H is not None and mask is not None) else 0
+    if len(good) >= 30 and inl < 12:
+        # Many matches but little consensus: a blurred crop of the same art has a low inlier share, and plain
+        # RANSAC then often misses the model (seen: 66 matches, 0 inliers, where MAGSAC++ finds 19). Only
+        # same-art candidates get this many ratio-test matches, so the retry costs little overall.
+        H2, mask2 = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, reproj_px, maxIters=1000, confidence=0.995)
+        if H2 is not None and mask2 is not None and int(mask2.sum()) > inl:
+            H, mask, inl = H2, mask2, int(mask2.sum())
     if H is None or mask is None:
         return Geometric(0, len(good))
-    return Geometric(int(mask.sum()), len(good), H if _sane(H) else None)
+    return Geometric(inl, len(good), H if _sane(H) else None)
 
 
 def _sane(H: np.ndarray) -> bool:
@@ -191,20 +241,47 @@ def _zone_mask(zone: str) -> np.ndarray:
     return m
 
 
-def diff_mask(a: Features, b: Features, thresh: int = 12, min_px: int = 8) -> np.ndarray | None:
-    """Pixels where two catalog faces differ (dilated a little for alignment error), or None if identical.
+def diff_mask(a: Features, b: Features, thresh: int = 12, min_px: int = 8, grow: int = 0) -> np.ndarray | None:
+    """Pixels where two catalog faces differ (dilated a little for alignment error, and by ``grow`` px more
+    where the crop is blurred: a blurred glyph spreads), or None if identical.
 
     The threshold is low on purpose: a collector number is a few thin glyphs, blurred by resizing."""
     d = np.abs(a.smooth - b.smooth)
     m = (d > thresh).astype(np.uint8)
     if int(m.sum()) < min_px:
         return None
-    m = cv2.dilate(m, np.ones((5, 5), np.uint8))
+    k = 5 + 2 * max(0, int(grow))
+    m = cv2.dilate(m, np.ones((k, k), np.uint8))
     return m.astype(bool)
 
 
+BLUR_SIGMAS = (0.0, 0.8, 1.4, 2.0, 2.8, 3.8, 5.0, 6.5)
+
+
+def estimate_blur(q_gray_aligned: np.ndarray, ref_gray: np.ndarray) -> float:
+    """How much blurrier (Gaussian sigma, canonical px) the aligned crop is than a catalog face of the same art.
+
+    Why: reprints differ in a few thin glyphs (collector number, set symbol). Comparing a defocused or
+    motion-blurred crop with the *sharp* catalog faces lets the blur itself dominate the correlation; comparing
+    it with faces blurred the same way leaves only the real difference. Measured at half resolution over the
+    card interior (the border is what alignment gets least right)."""
+    q = cv2.resize(q_gray_aligned.astype(np.float32), (CANON[0] // 2, CANON[1] // 2), interpolation=cv2.INTER_AREA)
+    r = cv2.resize(ref_gray.astype(np.float32), (CANON[0] // 2, CANON[1] // 2), interpolation=cv2.INTER_AREA)
+    h, w = q.shape
+    sl = (slice(int(0.05 * h), int(0.95 * h)), slice(int(0.06 * w), int(0.94 * w)))
+    qi = q[sl]
+    best, best_s = -2.0, 0.0
+    for s in BLUR_SIGMAS:
+        rb = cv2.GaussianBlur(r, (0, 0), s / 2) if s > 0 else r
+        v = ncc(qi, rb[sl])
+        if v > best:
+            best, best_s = v, s
+    return best_s
+
+
 def pairwise_region_scores(q_aligned: dict[str, np.ndarray], feats: dict[str, Features],
-                           contenders: list[str]) -> dict[str, float]:
+                           contenders: list[str], norms: dict[str, np.ndarray] | None = None,
+                           grow: int = 0) -> dict[str, float]:
     """Mean pairwise win of each contender against the others within their differing pixels.
 
     win(a, b) = NCC(q->a, a | D_ab) - NCC(q->b, b | D_ab), with q->x the query aligned to x. Positive means
@@ -213,15 +290,16 @@ def pairwise_region_scores(q_aligned: dict[str, np.ndarray], feats: dict[str, Fe
     out = {c: 0.0 for c in contenders}
     if len(contenders) < 2:
         return out
+    nrm = norms if norms is not None else {c: feats[c].norm for c in contenders}
     wins = {c: [] for c in contenders}
     for i, a in enumerate(contenders):
         for b in contenders[i + 1:]:
-            m = diff_mask(feats[a], feats[b])
+            m = diff_mask(feats[a], feats[b], grow=grow)
             if m is None:
                 continue  # identical faces (same image): nothing can tell them apart here
-            w = _patch_win(q_aligned[a], feats[a].norm, feats[b].norm, m)
+            w = _patch_win(q_aligned[a], nrm[a], nrm[b], m)
             if w is None:
-                w = ncc(q_aligned[a], feats[a].norm, m) - ncc(q_aligned[b], feats[b].norm, m)
+                w = ncc(q_aligned[a], nrm[a], m) - ncc(q_aligned[b], nrm[b], m)
             wins[a].append(w)
             wins[b].append(-w)
     return {c: (float(np.mean(v)) if v else 0.0) for c, v in wins.items()}
@@ -289,6 +367,7 @@ def number_matches(read: list[str], number: str) -> bool:
     return any(r == n or (n.isdigit() and re.sub(r"^[A-Z]+", "", r).lstrip("0") == n) for r in read)
 
 
-__all__ = ["CANON", "CatalogImages", "Features", "Geometric", "ZONES", "align", "diff_mask", "extract", "geometric",
+__all__ = ["BLUR_SIGMAS", "CANON", "CatalogImages", "Features", "Geometric", "ZONES", "align", "diff_mask",
+           "estimate_blur", "extract", "geometric",
            "ncc", "normalise", "number_matches", "ocr_available", "ocr_numbers", "pairwise_region_scores",
            "to_canon", "zone_mask"]

@@ -45,6 +45,20 @@ def _device_candidates(scan: Scan) -> list[str]:
     return out
 
 
+def resolve_scan(resolver, scan) -> object | None:
+    """The resolver's answer for one stored ambiguous scan: its JPEG crop decoded, the device's candidates
+    in the shortlist. None when the scan has no readable crop (then a person decides).
+
+    Shared by the worker and the final-answer evaluation (``models/eval/final.py``), so the evaluation
+    measures exactly what production does with a scan."""
+    if not scan.crop:
+        return None
+    img = cv2.imdecode(np.frombuffer(scan.crop, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    return resolver.resolve_crop(img, _device_candidates(scan))
+
+
 class MqttResultPublisher:
     """Publishes ScanResult payloads (QoS 1) with its own paho client."""
 
@@ -116,12 +130,7 @@ class ResolverWorker:
     def _resolve_one(self, session, resolver, scan: Scan) -> ScanResult:
         from server.collections_service import apply_scan
 
-        dev = _device_candidates(scan)
-        res = None
-        if scan.crop:
-            img = cv2.imdecode(np.frombuffer(scan.crop, np.uint8), cv2.IMREAD_COLOR)
-            if img is not None:
-                res = resolver.resolve_crop(img, dev)
+        res = resolve_scan(resolver, scan)
         threshold = self.accept_confidence if self.accept_confidence is not None else resolver.config.accept_confidence
         if res is not None and res.card_id and res.confidence >= threshold:
             scan.confidence = res.confidence
@@ -175,4 +184,4 @@ def _cands(cands: list[dict]) -> list[Candidate]:
     return [Candidate(card_id=c["card_id"], score=max(-1.0, min(1.0, float(c["score"])))) for c in cands[:10]]
 
 
-__all__ = ["MqttResultPublisher", "ResolverWorker", "notify"]
+__all__ = ["MqttResultPublisher", "ResolverWorker", "notify", "resolve_scan"]

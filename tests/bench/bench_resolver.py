@@ -12,6 +12,11 @@ them printings that share their illustration with another printing (reprints). T
 Prints top-1, top-1 on reprints, whether the true card was in the shortlist, the share resolved at the
 configured confidence threshold and its precision, and median/p90 ms per resolution (embedding + FAISS +
 verification (+ OCR tie-break when installed)). Uses ``var`` as data_dir: the index is built once.
+
+These crops are catalog faces through ``augment_crop``, and the ``device`` mode's candidates are *all*
+printings of the art, so this is the resolver's best case. The production path (the device's own crops and
+top-5 on simulated captures, accepted scans included) is measured by ``python -m models.eval.final``
+(``make eval-final``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="server,device")
     ap.add_argument("--no-ocr", action="store_true")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads (default: library default)")
     a = ap.parse_args(argv)
+    if a.threads:
+        import cv2
+        import torch
+
+        cv2.setNumThreads(a.threads)
+        torch.set_num_threads(a.threads)
 
     from models.server_model.calibrate import sample_cards
     from models.synth.capture import augment_crop
