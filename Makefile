@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 export SCANEMON_SHARED_DATA := $(SHARED_DATA)
 
 .PHONY: help setup system-deps demo test test-fast reliability bench bench-report bench-ingest bench-faiss bench-collection \
-        bench-resolver bench-device bench-accuracy \
+        bench-resolver bench-device bench-accuracy bench-final \
         eval eval-final models catalog serve clean
 
 help:
@@ -68,7 +68,7 @@ serve: setup
 # turns them into one table. A failing benchmark is reported as missing, the others still run.
 BENCH := $(BIN)/python -m tests.bench.results run
 RAW := var/reports/bench/raw
-BENCHES := bench-device bench-accuracy bench-resolver bench-faiss bench-ingest bench-collection
+BENCHES := bench-device bench-accuracy bench-final bench-resolver bench-faiss bench-ingest bench-collection
 
 bench: setup ## every benchmark, then one report: var/reports/bench/REPORT.md + report.json (copied to docs/bench)
 	@for t in $(BENCHES); do $(MAKE) --no-print-directory $$t || echo "bench: $$t FAILED (left out of the report)"; done
@@ -99,6 +99,11 @@ bench-device: setup var/catalog/index.jsonl
 bench-accuracy: setup var/catalog/index.jsonl ## device-only accuracy + detector IoU (simulated captures, real photos)
 	$(BENCH) accuracy_device --json $(RAW)/accuracy_device.json --target "make bench-accuracy" -- \
 	  $(BIN)/python -m models.vision_eval --bundle models/bundles/demo --n 500 --out $(RAW)/accuracy_device.json
+
+bench-final: setup var/catalog/index.jsonl ## device + server final answer (smaller n than make eval-final)
+	$(BENCH) final --json $(RAW)/final/metrics.json --target "make bench-final" -- \
+	  $(BIN)/python -m models.eval.final --sets full_catalog_scanner_box,sv1_real_scans_scanner_box --n 1000 --n-sv1 300 \
+	  --seed 900000 --out $(RAW)/final
 
 bench-collection: setup
 	$(BENCH) collection --json $(RAW)/collection.json --target "make bench-collection" -- \
