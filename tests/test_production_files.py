@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import yaml
 from device.protocol import Topics
 from provisioning.cli import main as provision
 from provisioning.fleet import SERVER_USER
-from tests.services import MOSQUITTO_DIRS, find_binary, free_port, wait_port
+from tests.services import MOSQUITTO_DIRS, find_binary, free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROD = ROOT / "provisioning" / "production"
@@ -504,10 +503,4 @@ def test_nginx_proxies_https_to_a_real_server(tmp_path):
         assert status == 413 and b"nginx" in body, (status, body[:200])
     finally:
         for p in (proxy, server):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+            stop_process(p)

@@ -14,14 +14,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, wait_port
+from tests.services import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,12 +80,7 @@ def live_server(tmp_path, shared_data):
             pytest.fail(f"server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
         yield {"url": f"http://127.0.0.1:{port}", "env": env, "db_url": url, "dir": tmp_path}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def queue_scans(db_url: str, crop: bytes, n: int) -> list[str]:

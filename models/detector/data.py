@@ -135,16 +135,13 @@ def photo_item(path: Path, boxes: list, rng: np.random.Generator, corner_ignore:
     kern = np.zeros((oh * SS, ow * SS), np.uint8)
     wt = np.ones((3, oh, ow), np.uint8)
     wt[2] = 0  # playing cards look the same both ways up: no orientation supervision
+    quads = [_box_quad(bx) + shift for bx in b]
     if not corner_ignore:
-        for bx in b:
-            q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
+        for q in quads:
             _fill(face, q, 1, r)
             _fill(kern, shrink(q), 1, r)
             # ignore a ring around the box edge: the box is axis-aligned, the card may not be
-            for ch, qq in ((0, q), (1, shrink(q))):
-                ring = np.zeros((oh, ow), np.uint8)
-                cv2.polylines(ring, [np.round(qq * (r / SS) * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
-                wt[ch][ring > 0] = 0
+            _ignore_edge_ring(wt, q, r)
         y = np.stack([_soft(face), _soft(kern), np.zeros((oh, ow), np.uint8)])
         return xin, y, wt
     # A tilted card fills its axis-aligned box except four corner triangles: supervise the box's inner
@@ -155,8 +152,7 @@ def photo_item(path: Path, boxes: list, rng: np.random.Generator, corner_ignore:
     known = np.zeros((2, oh * SS, ow * SS), np.uint8)  # 1 = label is trusted there
     known[:] = 1
     cover = np.zeros((oh * SS, ow * SS), np.uint8)
-    for bx in b:
-        q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
+    for q in quads:
         for ch, qq in ((0, q), (1, shrink(q))):
             box = np.zeros_like(cover)
             _fill(box, qq, 1, r)
@@ -170,14 +166,24 @@ def photo_item(path: Path, boxes: list, rng: np.random.Generator, corner_ignore:
     for ch in (0, 1):
         # a cell is trusted only if all of its supersamples are, plus the 1-cell ring along each box edge
         wt[ch] = (cv2.resize(known[ch].astype(np.float32), OUT_SIZE, interpolation=cv2.INTER_AREA) > 0.999)
-    for bx in b:
-        q = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32) + shift
-        for ch, qq in ((0, q), (1, shrink(q))):
-            ring = np.zeros((oh, ow), np.uint8)
-            cv2.polylines(ring, [np.round(qq * (r / SS) * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
-            wt[ch][ring > 0] = 0
+    for q in quads:
+        _ignore_edge_ring(wt, q, r)
     y = np.stack([_soft(face), _soft(kern), np.zeros((oh, ow), np.uint8)])
     return xin, y, wt
+
+
+def _box_quad(bx) -> np.ndarray:
+    """An axis-aligned box (x0, y0, x1, y1) as a clockwise quad."""
+    return np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32)
+
+
+def _ignore_edge_ring(wt: np.ndarray, q: np.ndarray, r: float) -> None:
+    """Zero the weight of the output cells along the edge of the box quad ``q`` (face) and of its kernel."""
+    oh, ow = wt.shape[1:]
+    for ch, qq in ((0, q), (1, shrink(q))):
+        ring = np.zeros((oh, ow), np.uint8)
+        cv2.polylines(ring, [np.round(qq * (r / SS) * 16).astype(np.int32)], True, 1, 2, cv2.LINE_8, 4)
+        wt[ch][ring > 0] = 0
 
 
 def _octagon(q: np.ndarray, cut: float) -> np.ndarray:

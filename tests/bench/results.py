@@ -49,7 +49,8 @@ def machine() -> dict:
 
 def describe(m: dict) -> str:
     """One short line for a report cell."""
-    return f"{m.get('arch')} {m.get('cores')}-core {m.get('cpu')}, {m.get('memory_gib')} GiB (load {m.get('loadavg_1m')})"
+    return (f"{m.get('arch')} {m.get('cores')}-core {m.get('cpu')}, {m.get('memory_gib')} GiB "
+            f"(1-min load {m.get('loadavg_1m')}, the benchmark included)")
 
 
 def _display(cmd: list[str]) -> str:
