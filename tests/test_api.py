@@ -75,3 +75,22 @@ def test_health_and_readiness_follow_the_broker(client):
 def test_openapi_lists_endpoints(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/v1/sets", "/api/v1/cards", "/api/v1/cards/{card_id}", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_mqtt_url_sets_the_broker_connection(monkeypatch):
+    """SCANEMON_MQTT_URL names the broker in one setting (beside SCANEMON_DATABASE_URL), percent-decoded."""
+    import pytest
+    from pydantic import ValidationError
+
+    from server.config import ServerSettings
+
+    monkeypatch.setenv("SCANEMON_MQTT_URL", "mqtt://srv:p%40ss@mqtt.example:1884")
+    m = ServerSettings().mqtt
+    assert (m.host, m.port, m.username, m.password, m.embedded) == ("mqtt.example", 1884, "srv", "p@ss", False)
+    monkeypatch.setenv("SCANEMON_MQTT_URL", "mqtt://10.0.0.5")
+    m = ServerSettings().mqtt
+    assert (m.host, m.port, m.username) == ("10.0.0.5", 1883, None)
+    for bad in ("http://h:1883", "mqtt://h:notaport", "mqtt://:1883"):
+        monkeypatch.setenv("SCANEMON_MQTT_URL", bad)
+        with pytest.raises(ValidationError, match="mqtt_url"):
+            ServerSettings()
