@@ -62,6 +62,20 @@ class RunStats:
         return {k: round(statistics.median(v), 2) for k, v in self.ms.items() if v}
 
 
+def scan_fields(card, bundle_version: str) -> dict:
+    """The ``Scan`` fields (all but scan_id, seq, device_id) the appliance records for one identified card:
+    scores clamped to the protocol's ranges, the crop only for ambiguous cards (the server resolves those).
+    Shared with the final-answer evaluation (models/eval/final.py), so it evaluates what a device sends."""
+    accept = card.decision == "accept"
+    return dict(
+        decision=card.decision, card_id=card.card_id if accept else None, score=max(-1.0, min(1.0, card.score)),
+        margin=max(-2.0, min(2.0, card.margin)),
+        candidates=[{"card_id": c, "score": max(-1.0, min(1.0, s))} for c, s in card.candidates],
+        quad=[(float(x), float(y)) for x, y in card.quad],
+        crop=card.crop_jpeg() if card.decision == "ambiguous" else None,
+        bundle_version=bundle_version, captured_at=datetime.now(timezone.utc))
+
+
 class Appliance:
     def __init__(self, pipeline: VisionPipeline, camera: Camera, outbox=None, feedback: Feedback | None = None,
                  stack: StackConfig | None = None, max_frames: int | None = None):
@@ -81,13 +95,7 @@ class Appliance:
         card = event.card.result if event.card is not None else None
         decision = card.decision if card is not None else "no_card"
         if self.outbox is not None and card is not None:
-            self.outbox.record(
-                decision, card_id=card.card_id if decision == "accept" else None, score=max(-1.0, min(1.0, card.score)),
-                margin=max(-2.0, min(2.0, card.margin)),
-                candidates=[{"card_id": c, "score": max(-1.0, min(1.0, s))} for c, s in card.candidates],
-                quad=[(float(x), float(y)) for x, y in card.quad],
-                crop=card.crop_jpeg() if decision == "ambiguous" else None,
-                bundle_version=self.pipeline.bundle_version, captured_at=datetime.now(timezone.utc))
+            self.outbox.record(**scan_fields(card, self.pipeline.bundle_version))
         return decision
 
     def step(self, frame) -> list[StackEvent]:

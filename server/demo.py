@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from device.vision.stack import StackConfig
     from server.app import create_app
     from server.broker import EmbeddedBroker
-    from server.config import MqttSettings, ResolverSettings, ServerSettings, parse_mqtt_url
+    from server.config import MqttSettings, ResolverSettings, ServerSettings
     from server.db.migrate import upgrade
     from server.db.session import Database
     from server.ingest.worker import IngestWorker
@@ -197,14 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     args.port = args.port or _free_port()
     # Production services when the environment names them; the one-box defaults otherwise.
     database_url = os.environ.get("SCANEMON_DATABASE_URL") or f"sqlite:///{workdir / 'scanemon.db'}"
-    mqtt_url = os.environ.get("SCANEMON_MQTT_URL")
-    if mqtt_url:
-        mqtt = MqttSettings(**parse_mqtt_url(mqtt_url), protocol="5")
-    else:
-        mqtt = MqttSettings(port=args.mqtt_port or _free_port(), protocol="3.1.1", embedded=True)
+    # SCANEMON_MQTT_URL is read by ServerSettings itself (mqtt_url); without it: the embedded broker.
+    broker_kw = {} if os.environ.get("SCANEMON_MQTT_URL") else {
+        "mqtt": MqttSettings(port=args.mqtt_port or _free_port(), protocol="3.1.1", embedded=True)}
     settings = ServerSettings(
         database_url=database_url, data_dir=workdir, host=args.host, port=args.port,
-        catalog_images=workdir / "catalog", mqtt=mqtt, resolver=ResolverSettings(catalog_dir=workdir / "catalog"))
+        catalog_images=workdir / "catalog", resolver=ResolverSettings(catalog_dir=workdir / "catalog"), **broker_kw)
+    mqtt = settings.mqtt
     log.info("database %s, broker %s:%d (%s)", settings.database_url.split("@")[-1], mqtt.host, mqtt.port,
              "embedded amqtt" if mqtt.embedded else "external")
     upgrade(settings.database_url)

@@ -256,7 +256,7 @@ def _one_card_shape(pts: np.ndarray, area: int, tol: float = 0.07, min_fill: flo
     return abs(aspect - CARD_ASPECT) < tol * CARD_ASPECT and area >= min_fill * rw * rh
 
 
-def _nearest_part(lab: np.ndarray, keep: list[int], shape: tuple[int, int]) -> np.ndarray:
+def _nearest_part(lab: np.ndarray, keep: list[int]) -> np.ndarray:
     """Label of the nearest kept kernel part for every pixel (like DIST_LABEL_CCOMP, per part)."""
     d = np.stack([cv2.distanceTransform((lab != j).astype(np.uint8), cv2.DIST_L2, 3) for j in keep])
     return np.asarray(keep, np.int32)[np.argmin(d, 0)]
@@ -282,15 +282,17 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
     keep = [j for j in range(1, n) if stats[j, cv2.CC_STAT_AREA] >= min_cells * up * up]
     if not keep:
         return []
-    # nearest kernel component for every pixel
-    _, near = cv2.distanceTransformWithLabels((1 - binm).astype(np.uint8) * 255, cv2.DIST_L2, 3,
-                                              labelType=cv2.DIST_LABEL_CCOMP)
     face_bin = face > 0.5
     kept = keep
     if split:
         lab, keep = split_kernels(lab, keep, stats, min_cells * up * up)
-    if keep != kept:  # a component was split: its parts are still 4-connected
-        near = _nearest_part(lab, keep, near.shape)
+    # nearest kernel part for every pixel (parts of a split component touch, so connected components of the
+    # kernel mask no longer tell them apart)
+    if keep != kept:
+        near = _nearest_part(lab, keep)
+    else:
+        _, near = cv2.distanceTransformWithLabels((1 - binm).astype(np.uint8) * 255, cv2.DIST_L2, 3,
+                                                  labelType=cv2.DIST_LABEL_CCOMP)
     dets: list[Detection] = []
     for j in keep:
         kmask = lab == j

@@ -101,33 +101,26 @@ class FinalAnswerSystem:
         return self.accept_confidence if self.accept_confidence is not None else self.resolver.config.accept_confidence
 
     def _payload(self, card):
-        """The scan the appliance records for a device card (``Appliance.record``); raises pydantic's
-        ValidationError where the outbox would refuse it."""
+        """The scan the appliance records for a device card (``device.appliance.scan_fields``); raises
+        pydantic's ValidationError where the outbox would refuse it."""
+        from device.appliance import scan_fields
         from device.protocol import Scan as ScanPayload
         from device.protocol import uuid7
 
         self._seq += 1
-        accept = card.decision == "accept"
-        return ScanPayload(
-            scan_id=uuid7(), device_id=self.device_id, seq=self._seq, captured_at=datetime.now(timezone.utc),
-            decision=card.decision, card_id=card.card_id if accept else None, score=max(-1.0, min(1.0, card.score)),
-            margin=max(-2.0, min(2.0, card.margin)),
-            candidates=[{"card_id": c, "score": max(-1.0, min(1.0, s))} for c, s in card.candidates],
-            quad=[(float(x), float(y)) for x, y in card.quad],
-            crop=card.crop_jpeg() if card.decision == "ambiguous" else None,
-            bundle_version=self.pipeline.bundle_version)
+        return ScanPayload(scan_id=uuid7(), device_id=self.device_id, seq=self._seq,
+                           **scan_fields(card, self.pipeline.bundle_version))
 
     def _stored_scan(self, card):
         """The ambiguous card as the resolver worker finds it in the database: appliance → outbox payload →
-        wire (JSON, base64 crop) → ingest row."""
+        wire (JSON, base64 crop) → ingest row (``server.ingest.store.scan_columns``)."""
         from device.protocol import ScanBatch, decode, encode
         from server.db.models import Scan as ScanRow
+        from server.ingest.store import scan_columns
 
         payload = self._payload(card)
         s = decode(ScanBatch, encode(ScanBatch(scans=[payload]))).scans[0]
-        return ScanRow(scan_id=s.scan_id, device_id=s.device_id, seq=s.seq, decision=s.decision.value,
-                       card_id=s.card_id, score=s.score, margin=s.margin,
-                       candidates=[c.model_dump() for c in s.candidates], crop=s.crop, status="pending")
+        return ScanRow(**scan_columns(s), status="pending")
 
     def decide(self, card) -> FinalCard:
         """Final answer for one device ``CardResult``."""

@@ -131,6 +131,15 @@ def _insert(session: Session):
     return insert
 
 
+def scan_columns(s: ScanPayload) -> dict:
+    """The ``scans`` row columns that come straight from a wire scan (ingest adds status, collection, times).
+    Shared with the final-answer evaluation, which hands the resolver scans shaped exactly like stored ones."""
+    return dict(scan_id=s.scan_id, device_id=s.device_id, seq=s.seq, captured_at=s.captured_at,
+                decision=s.decision.value, card_id=s.card_id, score=s.score, margin=s.margin,
+                candidates=[c.model_dump() for c in s.candidates], quad=[list(p) for p in s.quad] if s.quad else None,
+                crop=s.crop, bundle_version=s.bundle_version)
+
+
 def store_batch(session: Session, items: list[Classified], now: datetime | None = None) -> StoreOutcome:
     """Write one batch in the caller's transaction. ``items`` may be modified (revoked → dead)."""
     now = now or datetime.now(timezone.utc)
@@ -169,10 +178,7 @@ def store_batch(session: Session, items: list[Classified], now: datetime | None 
                 status = ScanStatus.no_card
             applied = status is ScanStatus.accepted and collection_id is not None
             rows.append(dict(
-                scan_id=s.scan_id, device_id=s.device_id, seq=s.seq, captured_at=s.captured_at, received_at=now,
-                decision=s.decision.value, card_id=s.card_id, score=s.score, margin=s.margin,
-                candidates=[c.model_dump() for c in s.candidates], quad=[list(p) for p in s.quad] if s.quad else None,
-                crop=s.crop, bundle_version=s.bundle_version, status=status.value,
+                **scan_columns(s), received_at=now, status=status.value,
                 resolved_card_id=s.card_id if applied else None, collection_id=collection_id, applied=applied,
             ))
         # Core executemany on the table: one cached statement, sent as multi-row VALUES pages

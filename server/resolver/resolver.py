@@ -107,15 +107,21 @@ class Resolver:
 
     # --- candidates ----------------------------------------------------------------------------------
 
+    def embed_views(self, crop: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """The crop in canonical size, upright and turned 180°, and the server embeddings of both."""
+        c = V.to_canon(crop)
+        views = [c, cv2.rotate(c, cv2.ROTATE_180)]
+        return views, self.embedder.embed_images(views)
+
     def shortlist(self, crop: np.ndarray, device_candidates: Sequence[str] = (), *, top_k: int | None = None,
-                  both: bool = False, max_candidates: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                  both: bool = False, max_candidates: int | None = None,
+                  embedded: tuple[list[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """(oriented canonical crop, its embedding, {card_id: embedding similarity}) for the shortlist.
 
         ``both``: take the nearest neighbours of both 180° orientations (similarity = the better of the
-        two), for the wide second search when the first shortlist failed verification."""
-        c = V.to_canon(crop)
-        views = [c, cv2.rotate(c, cv2.ROTATE_180)]
-        emb = self.embedder.embed_images(views)
+        two), for the wide second search when the first shortlist failed verification. ``embedded``: the
+        crop's ``embed_views`` when already computed (the wide search reuses the first search's)."""
+        views, emb = embedded if embedded is not None else self.embed_views(crop)
         scores, ids = self.index.search(emb, top_k or self.config.top_k)
         o = int(np.argmax(scores[:, 0]))
         e = emb[o]
@@ -159,22 +165,18 @@ class Resolver:
             groups: dict[str, list[str]] = {}
             for c in sorted(ids, key=lambda c: -sims[c]):
                 groups.setdefault(self.meta.get(c, {}).get("illustration_id") or c, []).append(c)
-            geo = {}
+            geo, inl, ratio = {}, {}, {}
             for members in groups.values():
                 for j, c in enumerate(members[:2]):
                     if j and geo[members[0]].inliers >= 15:
                         break
                     geo[c] = V.geometric(qf, feats[c])
-            for members in groups.values():
-                best = max((geo[c] for c in members if c in geo), key=lambda g: g.inliers)
+                checked = [geo[c] for c in members if c in geo]
+                best = max(checked, key=lambda g: g.inliers)
+                best_ratio = max(g.ratio for g in checked)
                 for c in members:
-                    geo.setdefault(c, V.Geometric(best.inliers, best.matches, None))
-            inl = {c: geo[c].inliers for c in ids}
-            ratio = {c: max(geo[m].ratio for m in groups[self.meta.get(c, {}).get("illustration_id") or c]) for c in ids}
-            for members in groups.values():
-                top = max(inl[m] for m in members)
-                for m in members:
-                    inl[m] = top
+                    geo.setdefault(c, V.Geometric(best.inliers, best.matches, None))  # no homography of its own
+                    inl[c], ratio[c] = best.inliers, best_ratio
         else:
             geo = {c: V.geometric(qf, feats[c]) for c in ids}
             inl = {c: geo[c].inliers for c in ids}
@@ -228,7 +230,8 @@ class Resolver:
     def resolve_crop(self, crop: np.ndarray, device_candidates: Sequence[str] = (),
                      quad: list | None = None) -> Resolution:
         t0 = time.perf_counter()
-        canon, _, sims = self.shortlist(crop, device_candidates)
+        embedded = self.embed_views(crop)
+        canon, _, sims = self.shortlist(crop, device_candidates, embedded=embedded)
         ids, X, detail = self.features(canon, sims)
         if not ids:
             return Resolution(None, 0.0, "needs_review", [], quad, (time.perf_counter() - t0) * 1000, {"reason": "no candidates"})
@@ -238,7 +241,8 @@ class Resolver:
             # (shifted, zoomed, turned), so neither the device's top-5 nor the embedding's top-10 holds the card.
             # Search wider (both orientations) and keep the wider answer only when it is more confident.
             canon2, _, sims2 = self.shortlist(crop, device_candidates, top_k=self.config.wide_top_k, both=True,
-                                              max_candidates=self.config.wide_top_k + self.config.max_siblings)
+                                              max_candidates=self.config.wide_top_k + self.config.max_siblings,
+                                              embedded=embedded)
             ids2, X2, detail2 = self.features(canon2, sims2)
             if ids2:
                 p2 = self.probabilities(X2)
