@@ -161,6 +161,50 @@ def test_index_persisted_loaded_without_embedding_and_rebuilt_on_new_catalog_ver
     assert not index_folder(tmp_path, "v1", "m").exists()
 
 
+def test_keypoint_store_matches_fresh_orb_persists_and_rebuilds(tiny_catalog, tmp_path):
+    from server.resolver import keypoints as K
+    from server.resolver import verify as V
+
+    cat = V.CatalogImages.from_dir(tiny_catalog)
+    ids = sorted(cat.paths)
+    calls = []
+
+    def compute(cid):
+        calls.append(cid)
+        return cat.keypoints(cid)
+
+    store = K.load_or_build(tmp_path, "v1", V.ORB_PARAMS, ids, compute, workers=2)
+    assert sorted(calls) == ids and len(store) == len(ids)
+    for cid in ids[:5]:  # what the store gives is what ORB gives, to its 1/16 px fixed point
+        kp, des = cat.keypoints(cid)
+        skp, sdes = store.get(cid)
+        assert np.array_equal(sdes, des) and np.abs(skp - kp).max() <= 1 / 32 + 1e-6
+    again = K.load_or_build(tmp_path, "v1", V.ORB_PARAMS, ids, compute)  # start-up: loaded, not recomputed
+    assert len(calls) == len(ids) and again.ids == store.ids
+    other = dict(V.ORB_PARAMS, nfeatures=300)  # other ORB settings: a folder of their own
+    assert K.store_folder(tmp_path, "v1", other) != K.store_folder(tmp_path, "v1", V.ORB_PARAMS)
+    folder = K.store_folder(tmp_path, "v1", V.ORB_PARAMS)
+    (folder / K.DES_FILE).write_bytes(b"not a numpy file")  # corrupt: rebuilt, never fatal
+    K.load_or_build(tmp_path, "v1", V.ORB_PARAMS, ids, compute)
+    assert len(calls) == 2 * len(ids)
+    K.load_or_build(tmp_path, "v2", V.ORB_PARAMS, ids, compute)  # new catalog version: rebuilt, old pruned
+    assert len(calls) == 3 * len(ids) and not folder.exists()
+
+
+def test_resolver_with_keypoint_store_decides_like_without(tiny_catalog, checkpoint, resolver, tmp_path):
+    from models.synth.capture import augment_crop
+    from server.resolver.service import build_resolver
+
+    plain = build_resolver(tiny_catalog, tmp_path, checkpoint=checkpoint, keypoint_store=False)
+    plain.config.ocr = False
+    assert resolver.catalog.store is not None and plain.catalog.store is None
+    rng = np.random.default_rng(11)
+    for group in _reprint_pairs(resolver)[:4]:
+        crop = augment_crop(resolver.catalog.image(group[0]), rng, 0.8)
+        a, b = resolver.resolve_crop(crop, group), plain.resolve_crop(crop, group)
+        assert a.card_id == b.card_id and abs(a.confidence - b.confidence) < 0.02
+
+
 # --- verification and resolution ----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from server.resolver import verify as V
 from server.resolver.embedders import load_embedder
+from server.resolver import keypoints as K
 from server.resolver.index import catalog_version_of_dir, load_or_build
 from server.resolver.resolver import Calibration, Resolver, ResolverConfig
 
@@ -25,7 +26,7 @@ def read_card_meta(catalog_dir: Path) -> dict[str, dict]:
 
 def build_resolver(catalog_dir: str | Path, data_dir: str | Path, *, checkpoint=None, model_name=None,
                    pretrained=None, calibration=None, index_kind: str = "auto", config: ResolverConfig | None = None,
-                   catalog_version: str | None = None) -> Resolver:
+                   catalog_version: str | None = None, keypoint_store: bool = True) -> Resolver:
     catalog_dir = Path(catalog_dir)
     if not catalog_dir.is_dir():
         raise FileNotFoundError(f"resolver catalog folder not found: {catalog_dir} "
@@ -40,6 +41,8 @@ def build_resolver(catalog_dir: str | Path, data_dir: str | Path, *, checkpoint=
         return embedder.embed_images([catalog.image(c) for c in chunk])
 
     index = load_or_build(Path(data_dir), version, embedder.model_id, ids, embed, kind=index_kind)
+    if keypoint_store:  # ORB of every face once per catalog version, not per scan (server/resolver/keypoints.py)
+        catalog.use_store(K.load_or_build(Path(data_dir), version, V.ORB_PARAMS, ids, catalog.keypoints))
     return Resolver(embedder, index, catalog, meta, Calibration.load(calibration), config)
 
 
@@ -55,6 +58,6 @@ def resolver_from_settings(settings) -> Resolver:
                                  accept_confidence=rs.accept_confidence, ocr=rs.ocr)
             r = build_resolver(rs.catalog_dir, settings.data_dir, checkpoint=rs.checkpoint, model_name=rs.model_name,
                                pretrained=rs.pretrained, calibration=rs.calibration, index_kind=rs.index_kind,
-                               config=cfg)
+                               config=cfg, keypoint_store=rs.keypoint_store)
             _cache[key] = r
         return r

@@ -24,6 +24,7 @@ import functools
 import logging
 import re
 import shutil
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,23 +60,34 @@ def normalise(gray: np.ndarray, sigma: float = 6.0) -> np.ndarray:
 class Features:
     """ORB keypoints/descriptors + gray image of one canonical card face.
 
-    The normalised and smoothed images are only needed for the few *contenders* (region comparison), while
-    ORB runs on every shortlisted candidate: they are computed on first use and kept (the LRU cache of
-    catalog features then holds them for hot cards)."""
+    Everything is computed on first use and kept: ORB runs on every shortlisted candidate (or comes from the
+    precomputed ``KeypointStore``), while the gray face and its normalised and smoothed forms are only
+    needed for the few *contenders* compared by region, so a catalog face is then decoded from ``loader``
+    only for those (the LRU cache of catalog features keeps hot cards)."""
 
-    __slots__ = ("gray", "_kp", "_des", "_norm", "_smooth")
+    __slots__ = ("_gray", "_loader", "_kp", "_des", "_norm", "_smooth")
 
-    def __init__(self, gray: np.ndarray):
-        self.gray = gray
-        self._kp: np.ndarray | None = None
-        self._des: np.ndarray | None = None
+    def __init__(self, gray: np.ndarray | None = None, *, loader=None, kp: np.ndarray | None = None,
+                 des: np.ndarray | None = None):
+        if gray is None and loader is None:
+            raise ValueError("Features needs a gray image or a loader")
+        self._gray = gray
+        self._loader = loader
+        self._kp = kp
+        self._des = des
         self._norm: np.ndarray | None = None
         self._smooth: np.ndarray | None = None
 
+    @property
+    def gray(self) -> np.ndarray:
+        """Gray face, CANON size (uint8)."""
+        if self._gray is None:
+            self._gray = self._loader()
+            self._loader = None
+        return self._gray
+
     def _orb(self) -> None:
-        kps, des = _detector().detectAndCompute(self.gray, None)
-        self._kp = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-        self._des = des
+        self._kp, self._des = orb(self.gray)
 
     @property
     def kp(self) -> np.ndarray:
@@ -113,28 +125,44 @@ class Features:
         return self._smooth
 
 
-_orb = None
+# ORB settings for query crops and catalog faces alike; part of the keypoint store's folder name, so a change
+# here rebuilds the stored catalog keypoints.
+ORB_PARAMS = {"nfeatures": 700, "scaleFactor": 1.2, "nlevels": 6, "edgeThreshold": 15, "patchSize": 21,
+              "fastThreshold": 10}
+_local = threading.local()  # one ORB per thread: the keypoint store is built by a thread pool
 
 
 def _detector():
-    global _orb
-    if _orb is None:
-        _orb = cv2.ORB_create(nfeatures=700, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=21,
-                              fastThreshold=10)
-    return _orb
+    d = getattr(_local, "orb", None)
+    if d is None:
+        d = _local.orb = cv2.ORB_create(**ORB_PARAMS)
+    return d
+
+
+def orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """((n, 2) float32 keypoint coordinates, (n, 32) uint8 descriptors or None) of a canonical gray face."""
+    kps, des = _detector().detectAndCompute(gray, None)
+    return np.array([k.pt for k in kps], np.float32).reshape(-1, 2), des
 
 
 def extract(img: np.ndarray) -> Features:
-    c = to_canon(img)
-    return Features(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY))
+    return Features(gray_canon(img))
+
+
+def gray_canon(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(to_canon(img), cv2.COLOR_BGR2GRAY)
 
 
 class CatalogImages:
-    """card_id -> catalog image file; canonical features cached (LRU) so hot candidates cost nothing."""
+    """card_id -> catalog image file; canonical features cached (LRU) so hot candidates cost nothing.
+
+    With a ``KeypointStore`` (``use_store``) a candidate's ORB keypoints come from the precomputed arrays and
+    its face is decoded only if it becomes a contender."""
 
     def __init__(self, paths: dict[str, Path], cache_size: int = 4096):
         self.paths = {k: Path(v) for k, v in paths.items()}
         self.cache_size = cache_size
+        self.store = None
         self._cache: OrderedDict[str, Features] = OrderedDict()
 
     @classmethod
@@ -144,18 +172,33 @@ class CatalogImages:
     def __contains__(self, card_id: str) -> bool:
         return card_id in self.paths
 
+    def use_store(self, store) -> None:
+        self.store = store
+        self._cache.clear()
+
     def image(self, card_id: str) -> np.ndarray:
         img = cv2.imread(str(self.paths[card_id]), cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"catalog image unreadable: {self.paths[card_id]}")
         return img
 
+    def gray(self, card_id: str) -> np.ndarray:
+        return gray_canon(self.image(card_id))
+
+    def keypoints(self, card_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """ORB of one catalog face, computed from its image (what the keypoint store is built from)."""
+        return orb(self.gray(card_id))
+
     def features(self, card_id: str) -> Features:
         f = self._cache.get(card_id)
         if f is not None:
             self._cache.move_to_end(card_id)
             return f
-        f = extract(self.image(card_id))
+        if self.store is not None and card_id in self.store:
+            kp, des = self.store.get(card_id)
+            f = Features(loader=functools.partial(self.gray, card_id), kp=kp, des=des)
+        else:
+            f = Features(self.gray(card_id))
         self._cache[card_id] = f
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -163,6 +206,7 @@ class CatalogImages:
 
 
 _matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+HOMOGRAPHY_METHOD = cv2.USAC_FAST
 
 
 @dataclass
@@ -186,7 +230,10 @@ def geometric(q: Features, c: Features, ratio: float = 0.8, reproj_px: float = 4
         return Geometric(0, len(good))
     src = q.kp[[m.queryIdx for m in good]]
     dst = c.kp[[m.trainIdx for m in good]]
-    H, mask = cv2.findHomography(src, dst, cv2.RANSAC, reproj_px, maxIters=500, confidence=0.99)
+    # USAC (SPRT early rejection + local optimisation) finds the same consensus as classic RANSAC here
+    # (mean inliers 32.4 vs 32.4 over 569 real shortlist pairs) in 0.15 ms instead of 5.8 ms: classic RANSAC
+    # runs all its draws on the many same-layout, other-art candidates whose inlier share is low.
+    H, mask = cv2.findHomography(src, dst, HOMOGRAPHY_METHOD, reproj_px, maxIters=500, confidence=0.99)
     inl = int(mask.sum()) if (H is not None and mask is not None) else 0
     if len(good) >= 30 and inl < 12:
         # Many matches but little consensus: a blurred crop of the same art has a low inlier share, and plain
@@ -368,6 +415,6 @@ def number_matches(read: list[str], number: str) -> bool:
 
 
 __all__ = ["BLUR_SIGMAS", "CANON", "CatalogImages", "Features", "Geometric", "ZONES", "align", "diff_mask",
-           "estimate_blur", "extract", "geometric",
+           "estimate_blur", "extract", "geometric", "gray_canon", "orb", "ORB_PARAMS",
            "ncc", "normalise", "number_matches", "ocr_available", "ocr_numbers", "pairwise_region_scores",
            "to_canon", "zone_mask"]
