@@ -16,6 +16,7 @@ square input (the aspect is fixed at 2.5:3.5, so no information is lost by squas
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import json
 import logging
@@ -142,6 +143,23 @@ class OpenClipEmbedder(_OpenClipBase):
         self._setup(model, model_name, model_id, size, cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD))
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns on the root logger that a model built without hub weights is random; true for a moment
+    only when our own checkpoint is loaded right after."""
+    f = _DropRandomInitWarning()
+    logging.getLogger().addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(f)
+
+
 class OwnCheckpointEmbedder(_OpenClipBase):
     """Our compact checkpoint (see module doc); written by ``save_compact_checkpoint``."""
 
@@ -158,7 +176,8 @@ class OwnCheckpointEmbedder(_OpenClipBase):
             raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format={ck.get('format')!r})")
         name = ck["model_name"]
         register_config(name, ck["model_cfg"])
-        model = open_clip.create_model(name, device=device)
+        with _quiet_random_init():  # our weights are loaded on the next line: open_clip's warning would mislead
+            model = open_clip.create_model(name, device=device)
         model.load_state_dict(expand_state_dict(ck, model.state_dict()), strict=True)
         self.meta: dict[str, Any] = ck.get("meta", {})
         self._setup(model, name, f"{name}@{_file_digest(path)}", ck["model_cfg"]["vision_cfg"]["image_size"],

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -30,13 +30,10 @@ from server.resolver.index import CardIndex
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "models" / "server_model" / "checkpoints" / "resolver_calibration.json"
-FEATURES = ("emb", "emb_gap", "log_inliers", "inlier_share", "inlier_ratio", "region", "footer", "footer_gap",
-            "dev_gap", "dev_top1")
+FEATURES = ("emb", "emb_gap", "log_inliers", "inlier_share", "inlier_ratio", "region", "footer", "footer_gap")
 # Hand-set starting point (used when no calibration file exists); calibrate.py replaces them.
 DEFAULT_WEIGHTS = {"emb": 4.0, "emb_gap": 6.0, "log_inliers": 1.0, "inlier_share": 3.0, "inlier_ratio": 1.0,
-                   "region": 25.0, "footer": 2.0, "footer_gap": 4.0, "dev_gap": 0.0, "dev_top1": 0.0}
-# Device evidence for a candidate the device did not list (its top-5): a little below its 5th score.
-DEV_UNLISTED = 0.02
+                   "region": 25.0, "footer": 2.0, "footer_gap": 4.0}
 
 
 @dataclass
@@ -154,25 +151,7 @@ class Resolver:
 
     # --- features ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def device_evidence(ids: Sequence[str], device_scores: Mapping[str, float] | None) -> np.ndarray:
-        """(n, 2): the device's score for each candidate minus its top-1 score, and whether it is the device's
-        top-1. The device saw the card at full resolution with its own embedder (whose footer strip reads set
-        symbol and number zone): evidence independent of the server's, so it is a calibrated feature too.
-        Without device scores (web uploads) both are 0 for every candidate."""
-        out = np.zeros((len(ids), 2), np.float64)
-        if not device_scores:
-            return out
-        top = max(device_scores.values())
-        floor = min(device_scores.values()) - DEV_UNLISTED
-        best = max(device_scores, key=device_scores.get)
-        for i, c in enumerate(ids):
-            out[i, 0] = device_scores.get(c, floor) - top
-            out[i, 1] = float(c == best)
-        return out
-
-    def features(self, crop_canon: np.ndarray, sims: dict[str, float],
-                 device_scores: Mapping[str, float] | None = None) -> tuple[list[str], np.ndarray, dict]:
+    def features(self, crop_canon: np.ndarray, sims: dict[str, float]) -> tuple[list[str], np.ndarray, dict]:
         ids = [c for c in sims if c in self.catalog]
         if not ids:
             return [], np.zeros((0, len(FEATURES))), {}
@@ -233,7 +212,6 @@ class Resolver:
         X = np.array([[sims[c], sims[c] - best_emb, np.log1p(inl[c]), inl[c] / max(best_inl, 1),
                        ratio[c], region.get(c, 0.0), footer[c],
                        (footer[c] - best_footer) if c in aligned else -1.0] for c in ids], np.float64)
-        X = np.hstack([X, self.device_evidence(ids, device_scores)])
         detail = {"contenders": contenders, "inliers": {c: geo[c].inliers for c in ids}, "blur_sigma": sigma}
         return ids, X, detail
 
@@ -250,15 +228,14 @@ class Resolver:
     # --- entry points --------------------------------------------------------------------------------
 
     def resolve_crop(self, crop: np.ndarray, device_candidates: Sequence[str] = (),
-                     quad: list | None = None, device_scores: Mapping[str, float] | None = None) -> Resolution:
-        """``device_candidates``: the device's shortlist (always verified); ``device_scores``: its scores by
-        card id, when the scan carries them (a calibrated feature, ``device_evidence``)."""
+                     quad: list | None = None) -> Resolution:
+        """``device_candidates``: the device's shortlist, always verified (the device saw the card at full
+        resolution). Its scores are deliberately not a feature: fitted as one, they lowered held-out top-1
+        (95.7 → 94.1 % of 437 ambiguous scanner-box scans): the device's own ranking is what made it unsure."""
         t0 = time.perf_counter()
-        if device_scores:
-            device_candidates = list(dict.fromkeys([*device_candidates, *device_scores]))
         embedded = self.embed_views(crop)
         canon, _, sims = self.shortlist(crop, device_candidates, embedded=embedded)
-        ids, X, detail = self.features(canon, sims, device_scores)
+        ids, X, detail = self.features(canon, sims)
         if not ids:
             return Resolution(None, 0.0, "needs_review", [], quad, (time.perf_counter() - t0) * 1000, {"reason": "no candidates"})
         p = self.probabilities(X)
@@ -269,7 +246,7 @@ class Resolver:
             canon2, _, sims2 = self.shortlist(crop, device_candidates, top_k=self.config.wide_top_k, both=True,
                                               max_candidates=self.config.wide_top_k + self.config.max_siblings,
                                               embedded=embedded)
-            ids2, X2, detail2 = self.features(canon2, sims2, device_scores)
+            ids2, X2, detail2 = self.features(canon2, sims2)
             if ids2:
                 p2 = self.probabilities(X2)
                 if float(p2.max()) > float(p.max()):

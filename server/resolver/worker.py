@@ -45,17 +45,6 @@ def _device_candidates(scan: Scan) -> list[str]:
     return out
 
 
-def _device_scores(scan: Scan) -> dict[str, float]:
-    """The device's score per candidate card id ({} when the scan carries no scores)."""
-    out: dict[str, float] = {}
-    for c in scan.candidates or []:
-        cid, sc = (c.get("card_id"), c.get("score")) if isinstance(c, dict) else (
-            (c[0], c[1]) if isinstance(c, (list, tuple)) and len(c) >= 2 else (None, None))
-        if cid and isinstance(sc, (int, float)):
-            out[str(cid)] = float(sc)
-    return out
-
-
 def resolve_scan(resolver, scan) -> object | None:
     """The resolver's answer for one stored ambiguous scan: its JPEG crop decoded, the device's candidates
     in the shortlist. None when the scan has no readable crop (then a person decides).
@@ -67,7 +56,7 @@ def resolve_scan(resolver, scan) -> object | None:
     img = cv2.imdecode(np.frombuffer(scan.crop, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return None
-    return resolver.resolve_crop(img, _device_candidates(scan), device_scores=_device_scores(scan))
+    return resolver.resolve_crop(img, _device_candidates(scan))
 
 
 class MqttResultPublisher:
