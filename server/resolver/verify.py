@@ -129,6 +129,10 @@ class Features:
 # here rebuilds the stored catalog keypoints.
 ORB_PARAMS = {"nfeatures": 700, "scaleFactor": 1.2, "nlevels": 6, "edgeThreshold": 15, "patchSize": 21,
               "fastThreshold": 10}
+# The query side keeps its strongest 450: brute-force matching costs query × catalog keypoints, and on held-out
+# device-ambiguous scans 450 gave the same top-1 as 700 (95.9 vs 95.7 % of 437) in 20 % less time. The catalog
+# side keeps 700 (500 there lost 1.6 points: a blurred crop's few good keypoints must find their partner).
+QUERY_NFEATURES = 450
 _local = threading.local()  # one ORB per thread: the keypoint store is built by a thread pool
 
 
@@ -139,14 +143,24 @@ def _detector():
     return d
 
 
-def orb(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def _query_detector():
+    d = getattr(_local, "query_orb", None)
+    if d is None:
+        d = _local.query_orb = cv2.ORB_create(**dict(ORB_PARAMS, nfeatures=QUERY_NFEATURES))
+    return d
+
+
+def orb(gray: np.ndarray, detector=None) -> tuple[np.ndarray, np.ndarray | None]:
     """((n, 2) float32 keypoint coordinates, (n, 32) uint8 descriptors or None) of a canonical gray face."""
-    kps, des = _detector().detectAndCompute(gray, None)
+    kps, des = (detector or _detector()).detectAndCompute(gray, None)
     return np.array([k.pt for k in kps], np.float32).reshape(-1, 2), des
 
 
 def extract(img: np.ndarray) -> Features:
-    return Features(gray_canon(img))
+    """Features of a query crop: fewer ORB keypoints than a catalog face (``QUERY_NFEATURES``)."""
+    g = gray_canon(img)
+    kp, des = orb(g, _query_detector())
+    return Features(g, kp=kp, des=des)
 
 
 def gray_canon(img: np.ndarray) -> np.ndarray:
