@@ -3,7 +3,9 @@
 Each counted card (``StackTracker`` event ``placed`` / ``slid_on_top``) becomes one scan in the durable
 outbox (``device.outbox.Outbox``; the relay publishes it). The operator gets a console line per count and
 an optional feedback hook (``Feedback``: e.g. a GPIO LED/buzzer: green = accepted, amber = ambiguous).
-Ambiguous scans carry the rectified crop as JPEG for the server's resolver.
+Ambiguous scans carry the rectified crop as JPEG for the server's resolver; a card identified despite a soft
+quality-gate failure (glare, slight blur, a sliver out of view) is always ambiguous and carries the reason
+(``quality_flag``) to the console line and the scan.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class Feedback:
     def counted(self, event: StackEvent, decision: str, total: int) -> None:
         card = event.card.result if event.card is not None else None
         score = f"{card.score:.3f}" if card is not None else "-"
-        print(f"[{event.frame:6d}] {event.kind:11s} {event.card_id or '?':14s} {decision:9s} score {score}  total {total}",
-              flush=True)
+        flag = getattr(card, "quality_flag", None)
+        print(f"[{event.frame:6d}] {event.kind:11s} {event.card_id or '?':14s} {decision:9s} score {score}  "
+              f"total {total}" + (f"  ({flag})" if flag else ""), flush=True)
 
     def rejected(self, reason: str) -> None:  # noqa: B027 - optional hook
         pass
@@ -64,8 +67,9 @@ class RunStats:
 
 def scan_fields(card, bundle_version: str) -> dict:
     """The ``Scan`` fields (all but scan_id, seq, device_id) the appliance records for one identified card:
-    scores clamped to the protocol's ranges, the crop only for ambiguous cards (the server resolves those).
-    Shared with the final-answer evaluation (models/eval/final.py), so it evaluates what a device sends."""
+    scores clamped to the protocol's ranges, the crop only for ambiguous cards (the server resolves those), the
+    soft gate failure the card was identified despite (``quality_flag``). Shared with the final-answer
+    evaluation (models/eval/final.py), so it evaluates what a device sends."""
     accept = card.decision == "accept"
     return dict(
         decision=card.decision, card_id=card.card_id if accept else None, score=max(-1.0, min(1.0, card.score)),
@@ -73,6 +77,7 @@ def scan_fields(card, bundle_version: str) -> dict:
         candidates=[{"card_id": c, "score": max(-1.0, min(1.0, s))} for c, s in card.candidates],
         quad=[(float(x), float(y)) for x, y in card.quad],
         crop=card.crop_jpeg() if card.decision == "ambiguous" else None,
+        quality_flag=getattr(card, "quality_flag", None),
         bundle_version=bundle_version, captured_at=datetime.now(timezone.utc))
 
 

@@ -139,6 +139,10 @@ class Scan(BaseModel):
     candidates: list[Candidate] = Field(default_factory=list, description="Top-k shortlist, best first.", max_length=20)
     quad: list[tuple[float, float]] | None = Field(None, description="Card corners in the frame (TL, TR, BR, BL).")
     crop: Base64Bytes | None = Field(None, description="Rectified card crop (JPEG, base64), only when ambiguous.")
+    quality_flag: str | None = Field(
+        None, description="Soft quality-gate failure the card was identified despite (glare | too_blurry | "
+        "partially_out_of_view); such a scan is never accepted by the device. None when the frame was clean.",
+        pattern=r"^[a-z][a-z_]{0,31}$")
     bundle_version: str = Field("", description="Model/catalog bundle that produced the decision.", max_length=64)
 
     @field_validator("scan_id")

@@ -159,16 +159,30 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
     recs = run_captures(pipe, a.catalog, index.ids, n, 700_000, "free")[0]
     recs += run_captures(pipe, a.catalog, sv1, n // 4, 710_000, "free")[0]
     recs += run_captures(pipe, a.catalog, index.ids, n // 10, 720_000, "grid")[0]
-    ok = [r for r in recs if r.get("identified")]
+    n_hard = len(recs)  # hand-held and grid captures: the hardest conditions
+    # the scanner box is the appliance's own setting and where most accepts happen: its reprint contests
+    # (same illustration, small margin) must weigh in the accept rule too (seeds far from the evaluation's 900000)
+    recs += run_captures(pipe, a.catalog, index.ids, n, 730_000, "scanner_box")[0]
+    recs += run_captures(pipe, a.catalog, sv1, n // 4, 740_000, "scanner_box")[0]
+    # soft-flagged cards (glare, slight blur, a sliver out of view) are never accepted: not part of the accept rule
+    ok = [r for r in recs if r.get("identified") and not r.get("quality_flag")]
     scores = np.array([r["score"] for r in ok])
     margins = np.array([r["margin"] for r in ok])
     correct = np.array([r["top1"] == r["card_id"] for r in ok])
-    return choose_thresholds(scores, margins, correct, target_precision) | {"calibration_cards": len(ok)}
+    # no_card_score is a floor for true cards in the worst conditions: taken over the hand-held and grid captures
+    # only, so that adding the easy scanner-box captures does not raise it (a higher floor turns real cards with
+    # bad corners or light into no_card answers, which the resolver never sees)
+    hard = np.array([r["score"] for r in recs[:n_hard] if r.get("identified") and not r.get("quality_flag")
+                     and r["top1"] == r["card_id"]])
+    return choose_thresholds(scores, margins, correct, target_precision, no_card_scores=hard) | {
+        "calibration_cards": len(ok)}
 
 
-def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, target: float = 0.999) -> dict:
+def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, target: float = 0.999,
+                      no_card_scores: np.ndarray | None = None) -> dict:
     """Maximise the accepted fraction subject to empirical precision ≥ target on the calibration cards
-    (so the calibration set must hold well over 1/(1 − target) cards for the target to mean anything)."""
+    (so the calibration set must hold well over 1/(1 − target) cards for the target to mean anything).
+    ``no_card_score``: the 0.5 % quantile of the correct cards' scores — of ``no_card_scores`` when given."""
     best = None
     if len(scores) == 0:
         return {"accept_score": 0.99, "accept_margin": 0.5, "no_card_score": 0.0, "calibrated_precision": None,
@@ -188,7 +202,8 @@ def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarr
     if best is None:  # target unreachable on this data: accept (almost) nothing
         s, m = float(scores.max()) + 1e-3, float(margins.max()) + 1e-3
         best = (min(s, 1.0), min(m, 2.0), 0, None)
-    no_card = float(np.quantile(scores[correct], 0.005)) if correct.any() else 0.0
+    floor = scores[correct] if no_card_scores is None or len(no_card_scores) == 0 else np.asarray(no_card_scores)
+    no_card = float(np.quantile(floor, 0.005)) if len(floor) else 0.0
     no_card = min(no_card, best[0])
     return {"accept_score": round(best[0], 4), "accept_margin": round(best[1], 4), "no_card_score": round(no_card, 4),
             "calibrated_precision": None if best[3] is None else round(best[3], 5),

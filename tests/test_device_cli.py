@@ -110,3 +110,50 @@ def test_run_over_directory_source_records_into_outbox(tmp_path):
     with Outbox(tmp_path / "outbox.db", "test-dev") as ob:
         rows = ob.rows()
     assert len(rows) == 1
+
+
+def _overexposed_golden() -> tuple[np.ndarray, str]:
+    """golden_0 (a simulated scanner-box capture of a real sv1 scan) with blown-out highlights: the glare gate
+    fails, softly (see tests/test_vision.py)."""
+    exp = json.loads((BUNDLE / "golden/expected.json").read_text())
+    img = cv2.imread(str(BUNDLE / "golden/golden_0.jpg"))
+    return cv2.convertScaleAbs(img, alpha=1.8, beta=10), exp["golden_0.jpg"]
+
+
+def test_identify_glared_card_is_ambiguous_with_its_quality_flag(tmp_path):
+    img, card_id = _overexposed_golden()
+    p = tmp_path / "glare.png"
+    cv2.imwrite(str(p), img)
+    r = cli("identify", "--bundle", str(BUNDLE), "--json", "--threads", "1", str(p))
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout.splitlines()[0])
+    assert "reject_reason" not in obj and len(obj["cards"]) == 1, obj
+    c = obj["cards"][0]
+    assert c["decision"] == "ambiguous" and c["quality_flag"] == "glare" and c["card_id"] == card_id
+    assert {"card_id", "decision", "score", "margin", "candidates", "quad"} <= set(c)
+
+
+def test_run_counts_a_glared_card_once_and_records_it_ambiguous_with_its_crop(tmp_path):
+    from device.outbox import Outbox
+    from device.protocol import Scan
+
+    img, card_id = _overexposed_golden()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    blank = np.full_like(img, 90)
+    seq = [blank] * 3 + [img] * 8 + [blank] * 3
+    for i, f in enumerate(seq):
+        cv2.imwrite(str(frames / f"{i:04d}.png"), f)
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(f"device_id: test-dev\noutbox:\n  path: {tmp_path / 'outbox.db'}\n")
+    r = cli("run", "--source", f"dir:{frames}", "--config", str(cfg), "--bundle", str(BUNDLE), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["counted"] == 1, summary
+    assert "(glare)" in r.stdout  # the console line says why the card was not accepted
+    with Outbox(tmp_path / "outbox.db", "test-dev") as ob:
+        rows = ob.rows()
+    assert len(rows) == 1
+    scan = Scan.model_validate_json(rows[0].payload)
+    assert scan.decision.value == "ambiguous" and scan.card_id is None and scan.quality_flag == "glare"
+    assert scan.crop and scan.crop[:3] == b"\xff\xd8\xff" and scan.candidates[0].card_id == card_id

@@ -24,11 +24,18 @@ def make_scan(**kw) -> Scan:
 
 
 def test_scan_batch_round_trip_keeps_every_field():
-    s = make_scan(decision="ambiguous", card_id=None, crop=JPEG, quad=[(0, 0), (10, 0), (10, 14), (0, 14)])
+    s = make_scan(decision="ambiguous", card_id=None, crop=JPEG, quad=[(0, 0), (10, 0), (10, 14), (0, 14)],
+                  quality_flag="glare")
     data = encode(ScanBatch(scans=[s]))
     back = decode("scans", data)
     assert back.scans[0] == s
-    assert back.scans[0].crop == JPEG
+    assert back.scans[0].crop == JPEG and back.scans[0].quality_flag == "glare"
+
+
+def test_clean_scan_does_not_send_quality_flag():
+    """A clean scan's payload is the same as before the field existed (``encode`` drops None fields)."""
+    data = json.loads(encode(ScanBatch(scans=[make_scan()])))
+    assert "quality_flag" not in data["scans"][0]
 
 
 def test_uuid7_is_time_ordered_and_version_7():
@@ -44,6 +51,7 @@ def test_uuid7_is_time_ordered_and_version_7():
     (lambda d: d["scans"][0].update(decision="maybe"), "scans[0].decision"),
     (lambda d: d["scans"][0].update(crop="bm90IGpwZWc="), "scans[0].crop"),
     (lambda d: d["scans"][0].update(extra_field=1), "scans[0].extra_field"),
+    (lambda d: d["scans"][0].update(quality_flag="Glare!"), "scans[0].quality_flag"),
     (lambda d: d["scans"][0].pop("captured_at"), "scans[0].captured_at"),
     (lambda d: d.update(scans=[]), "scans"),
     (lambda d: d.update(v=2), "v"),

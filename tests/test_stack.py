@@ -155,3 +155,72 @@ def test_false_detection_elsewhere_does_not_keep_the_stack():
     frames += entering() + held("sv1-1", 5, seed=5)
     feed(t, frames)
     assert t.counts == {"sv1-1": 2}
+
+
+# ---------------------------------------------------------------------------- soft quality-gate failures
+
+
+class _Result:
+    """What the tracker reads from a pipeline CardResult: its score (and, for the appliance, its flag)."""
+
+    def __init__(self, score: float, flag: str | None = None):
+        self.score, self.quality_flag = score, flag
+
+
+def held_flagged(card_id: str, n: int, flag: str | None = "glare", score: float = 0.8, seed: int = 0) -> list[Observation]:
+    """A card lying still, identified in every frame; ``flag``: the soft gate failure it was identified despite."""
+    rng = np.random.default_rng(seed)
+    return [Observation([SeenCard(card_id, _quad(dx=rng.normal(0, 1.5), dy=rng.normal(0, 1.5)), _Result(score, flag), flag)])
+            for _ in range(n)]
+
+
+def test_card_with_glare_in_every_frame_counts_once():
+    t = StackTracker()
+    ev = feed(t, empty() + entering() + held_flagged("sv1-1", 12) + empty(3))
+    placed = [e for e in ev if e.kind == "placed"]
+    assert t.counts == {"sv1-1": 1} and len(placed) == 1
+    assert placed[0].card.flag == "glare"
+
+
+def test_glared_frames_wait_for_a_clean_frame_and_prefer_it():
+    """Glare first, then the card is nudged and a clean frame comes: one count, recorded from the clean frame
+    (its identity wins even though the glared frames read a look-alike)."""
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    frames = empty() + entering() + held_flagged("sv1-9", 4, score=0.9) + held_flagged("sv1-1", 3, flag=None, score=0.7)
+    ev = feed(t, frames + held_flagged("sv1-1", 4, flag=None, seed=2))
+    placed = [e for e in ev if e.kind == "placed"]
+    assert t.counts == {"sv1-1": 1} and len(placed) == 1
+    assert placed[0].card.flag is None and placed[0].card.card_id == "sv1-1"
+
+
+def test_glared_card_taken_away_before_the_patience_ends_still_counts_once():
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=5))
+    ev = feed(t, empty() + entering() + held_flagged("sv1-1", 4) + empty(3) + entering() + held("sv1-2", 5))
+    assert t.counts == {"sv1-1": 1, "sv1-2": 1}
+    assert [e.kind for e in ev if e.kind != "removed"] == ["placed", "placed"]
+
+
+def test_glare_coming_and_going_on_a_lying_card_does_not_recount():
+    t = StackTracker()
+    frames = empty() + entering() + held("sv1-1", 5)
+    for k in range(3):  # the light changes: glared frames, then clean ones again, same place
+        frames += held_flagged("sv1-1", 7, seed=10 + k) + held("sv1-1", 4, seed=20 + k)
+    feed(t, frames)
+    assert t.counts == {"sv1-1": 1}
+
+
+def test_copies_with_glare_count_n():
+    t = StackTracker()
+    frames = empty()
+    for k in range(3):
+        frames += entering() + held_flagged("sv1-7", 5, seed=k) + empty(2)
+    feed(t, frames)
+    assert t.counts == {"sv1-7": 3}
+
+
+def test_observation_keeps_the_soft_flag_of_pipeline_cards():
+    from device.vision.pipeline import CardResult, FrameResult
+
+    c = CardResult(_quad(), "ambiguous", "sv1-1", 0.8, 0.1, [("sv1-1", 0.8)], None, {"glare": 0.5}, "glare")
+    obs = Observation.from_frame_result(FrameResult([c], [], None, {}))
+    assert [s.flag for s in obs.cards] == ["glare"] and obs.others == []

@@ -16,7 +16,8 @@ import pytest
 from device.vision import geometry as G
 from device.vision.decision import Thresholds, decide
 from device.vision.detector import (INPUT_SIZE, KERNEL_SHRINK, OUTPUT_STRIDE, ContourDetector, Detection, GateConfig,
-                                    crop_reject, decode_maps, geometry_reject, letterbox, refine_quad)
+                                    crop_reject, decode_maps, geometry_reject, inside_fraction, letterbox, refine_quad,
+                                    soft_failure)
 from device.vision.matcher import CatalogMatcher, Match, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +147,36 @@ def test_quality_gate_reasons():
     assert crop_reject(glare, cfg)[0] == "glare"
 
 
+def test_soft_and_hard_gate_failures():
+    """Glare, slight blur and a sliver out of view on a confident CNN detection are soft (identify, never
+    accept); mostly out of view, heavy blur, a blown-out face, too small, occluded, or a contour fallback stay
+    rejects."""
+    cfg = GateConfig()
+    shape = (480, 640, 3)
+    det = Detection(QUAD.copy(), score=0.9)
+    assert soft_failure("glare", det, shape, {"glare": 0.5}, cfg)
+    assert not soft_failure("glare", det, shape, {"glare": 0.95}, cfg)
+    assert soft_failure("too_blurry", det, shape, {"sharpness": 8.0}, cfg)
+    assert not soft_failure("too_blurry", det, shape, {"sharpness": 2.0}, cfg)
+    # a scanner-box card turned 8°: one corner 30 px past the left edge, ~1 % of the card out of view
+    r = np.deg2rad(8.0)
+    rect = np.array([[-136, -190], [136, -190], [136, 190], [-136, 190]], np.float32)
+    tilted = rect @ np.array([[np.cos(r), np.sin(r)], [-np.sin(r), np.cos(r)]], np.float32) + np.array([0, 240], np.float32)
+    sliver = Detection(tilted - np.array([tilted[:, 0].min() + 30, 0], np.float32), score=0.9)
+    assert geometry_reject(sliver, shape, cfg) == "partially_out_of_view"
+    assert 0.95 < inside_fraction(sliver.quad, shape) < 1.0
+    assert soft_failure("partially_out_of_view", sliver, shape, {}, cfg)
+    mostly_out = Detection(QUAD + np.array([330, 0], np.float32), score=0.9)
+    assert geometry_reject(mostly_out, shape, cfg) == "partially_out_of_view"
+    assert not soft_failure("partially_out_of_view", mostly_out, shape, {}, cfg)
+    for reason in ("too_small", "occluded"):
+        assert not soft_failure(reason, det, shape, {"glare": 0.0, "sharpness": 100.0}, cfg)
+    assert not soft_failure("glare", Detection(QUAD.copy(), score=0.5, source="contour"), shape, {"glare": 0.5}, cfg)
+    assert not soft_failure("glare", Detection(QUAD.copy(), score=0.4), shape, {"glare": 0.5}, cfg)
+    with pytest.raises(ValueError):  # config typos are errors, not silently ignored
+        GateConfig(max_glare=0.5)
+
+
 # ----------------------------------------------------------------------------------------- matcher / decision
 
 
@@ -168,6 +199,28 @@ def test_decision_rule():
     assert decide(Match(["a", "b"], [0.9, 0.88]), th) == "ambiguous"
     assert decide(Match(["a", "b"], [0.7, 0.2]), th) == "ambiguous"
     assert decide(Match(["a", "b"], [0.3, 0.2]), th) == "no_card"
+    # identified despite a soft gate failure: never accepted, however good the match
+    assert decide(Match(["a", "b"], [0.95, 0.2]), th, soft=True) == "ambiguous"
+    assert decide(Match(["a", "b"], [0.3, 0.2]), th, soft=True) == "no_card"
+
+
+def test_choose_thresholds_meets_the_target_and_takes_the_no_card_floor_given():
+    """The accept rule's calibration: empirical precision ≥ target on the calibration cards; ``no_card_score``
+    from the scores it is given (the hardest captures), not raised by easy ones."""
+    from models.build_bundle import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    correct = rng.random(n) > 0.1
+    scores = np.where(correct, rng.uniform(0.5, 1.0, n), rng.uniform(0.3, 0.8, n))
+    margins = np.where(correct, rng.uniform(0.0, 0.5, n), rng.uniform(0.0, 0.08, n))
+    th = choose_thresholds(scores, margins, correct, 0.999)
+    acc = (scores >= th["accept_score"]) & (margins >= th["accept_margin"])
+    assert acc.sum() > n / 4 and 1 - (acc & ~correct).sum() / acc.sum() >= 0.999
+    assert th["accept_margin"] > 0.05  # wrong cards' margins are all below 0.08
+    floor = rng.uniform(0.32, 0.9, 800)
+    th2 = choose_thresholds(scores, margins, correct, 0.999, no_card_scores=floor)
+    assert th2["no_card_score"] == round(float(np.quantile(floor, 0.005)), 4) < th["no_card_score"]
 
 
 # ----------------------------------------------------------------------------------------- bundle / runtime
@@ -224,6 +277,68 @@ def test_pipeline_several_cards_and_no_card():
     blank = np.full((480, 640, 3), 90, np.uint8)
     res = pipe.process(blank)
     assert res.cards == [] and res.reject_reason == "no_card"
+
+
+def overexposed(frame: np.ndarray, gain: float) -> np.ndarray:
+    """Blown-out highlights, as under a lamp's specular glare on a glossy card: light parts of the face clip
+    to white (what the glare gate measures)."""
+    return cv2.convertScaleAbs(frame, alpha=gain, beta=10)
+
+
+@needs_bundle
+def test_glared_capture_of_a_real_card_is_ambiguous_with_crop_and_reason():
+    """golden_0 is a simulated scanner-box capture of a real sv1 scan; overexposed, ≈ half its face is blown
+    out: it used to be rejected (``glare``, no answer). Now it is identified, not accepted, sent as ambiguous
+    with its crop and ``quality_flag`` = glare — in the CLI JSON and in the scan the appliance records."""
+    from device.appliance import scan_fields
+    from device.bundle import golden_expected
+    from device.protocol import Scan, ScanBatch, decode, encode, uuid7
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
+    card_id = golden_expected(BUNDLE)["golden_0.jpg"]
+    frame = cv2.imread(str(BUNDLE / "golden/golden_0.jpg"))
+    clean = pipe.process(frame)
+    assert clean.cards[0].decision == "accept" and clean.cards[0].quality_flag is None
+
+    res = pipe.process(overexposed(frame, 1.8))
+    assert res.reject_reason is None and len(res.cards) == 1, (res.reject_reason, res.rejected)
+    c = res.cards[0]
+    assert crop_reject(c.crop, pipe.gate)[0] == "glare"  # the gate does fail ...
+    assert c.decision == "ambiguous" and c.quality_flag == "glare" and c.quality["glare"] > 0.4  # ... softly
+    assert c.card_id == card_id and c.candidates[0][0] == card_id
+    assert c.crop is not None and c.crop.shape[:2] == (268, 192)
+    j = res.to_json()["cards"][0]
+    assert j["decision"] == "ambiguous" and j["quality_flag"] == "glare"
+    assert "quality_flag" not in clean.to_json()["cards"][0]
+
+    fields = scan_fields(c, pipe.bundle_version)
+    assert fields["decision"] == "ambiguous" and fields["card_id"] is None and fields["quality_flag"] == "glare"
+    assert fields["crop"][:3] == b"\xff\xd8\xff"
+    scan = Scan(scan_id=uuid7(), device_id="test-dev", seq=1, **fields)
+    wire = decode(ScanBatch, encode(ScanBatch(scans=[scan]))).scans[0]
+    assert wire.quality_flag == "glare" and wire.crop == fields["crop"]
+
+    # a blown-out face (nothing left to identify) stays a reject
+    gone = pipe.process(overexposed(frame, 3.0))
+    assert not [x for x in gone.cards if x.decision != "no_card"]
+    assert gone.reject_reason == "glare"
+
+
+@needs_bundle
+def test_empty_frames_give_no_card():
+    """Empty mats and tables: no card, whatever the background (printed playmats and photo backgrounds
+    made the contour fallback fire; its matches there must not become cards)."""
+    from device.vision.pipeline import VisionPipeline
+    from models.synth.capture import background
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
+    frames = [np.full((480, 640, 3), 90, np.uint8)]
+    frames += [background(kind, v, (640, 480)) for kind in ("wood", "cloth", "noise", "playmat", "photo") for v in range(6)]
+    for k, f in enumerate(frames):
+        res = pipe.process(f)
+        assert [c.decision for c in res.cards if c.decision != "no_card"] == [], k
+        assert res.reject_reason is not None, k
 
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"PyTorch embedder checkpoint {CHECKPOINT.name} absent: "

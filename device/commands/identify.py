@@ -1,9 +1,10 @@
 """``scanemon-device identify --bundle DIR --json IMAGE...``: identify the cards in image files.
 
 With ``--json`` one JSON object per input line: ``image``, ``cards`` [{card_id, decision, score, margin,
-candidates [{card_id, score}]×5, quad [[x, y]×4]}], ``reject_reason`` when no card passes the quality gate,
-``ms`` {detect, embed, match, total}. A bad input (missing, unreadable, corrupt, too large) gives a line
-with ``error`` instead, and the exit status is 1 at the end; there is never a traceback.
+candidates [{card_id, score}]×5, quad [[x, y]×4], ``quality_flag`` only when the card passed the quality gate
+softly (glare | too_blurry | partially_out_of_view: identified, never accepted, decision ambiguous)}],
+``reject_reason`` when no card passes the quality gate, ``ms`` {detect, embed, match, total}. A bad input
+(missing, unreadable, corrupt, too large) gives a line with ``error`` instead, and the exit status is 1 at the end; there is never a traceback.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def _emit(obj: dict, as_json: bool) -> None:
     print(head)
     for c in obj["cards"]:
         cands = ", ".join(f"{x['card_id']} {x['score']:.3f}" for x in c["candidates"][:3])
-        print(f"  {c['decision']:9s} {c['card_id'] or '-':14s} score {c['score']:.3f} margin {c['margin']:.3f}  [{cands}]")
+        flag = f"  ({c['quality_flag']})" if c.get("quality_flag") else ""
+        print(f"  {c['decision']:9s} {c['card_id'] or '-':14s} score {c['score']:.3f} margin {c['margin']:.3f}  [{cands}]{flag}")
     sys.stdout.flush()
 
 

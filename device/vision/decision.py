@@ -3,6 +3,9 @@
 * ``no_card``: the best score is below ``no_card_score`` — whatever is under the camera is not a catalog card.
 * ``accept``: best score ≥ ``accept_score`` **and** margin (top-1 − top-2) ≥ ``accept_margin``.
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
+  A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
+  is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the
+  server can look again.
 
 The thresholds are calibrated at bundle build time (``models.build_bundle``) on held-out simulated captures
 for a target auto-accept precision.
@@ -27,9 +30,9 @@ class Thresholds:
         return cls(float(t["accept_score"]), float(t["accept_margin"]), float(t["no_card_score"]))
 
 
-def decide(match: Match, th: Thresholds) -> str:
+def decide(match: Match, th: Thresholds, soft: bool = False) -> str:
     if match.score < th.no_card_score:
         return "no_card"
-    if match.score >= th.accept_score and match.margin >= th.accept_margin:
+    if not soft and match.score >= th.accept_score and match.margin >= th.accept_margin:
         return "accept"
     return "ambiguous"

@@ -4,8 +4,13 @@ Rules (the scan counter, not the identifier, decides what a placement is):
 
 * a card must be seen **stable** — the same place (quad IoU ≥ ``stable_iou``) — for ``stable_frames``
   consecutive frames before it counts; its identity is the one with the most votes (summed scores) over
-  those frames, so a frame misread as a look-alike reprint does not matter; motion-blurred or half-visible
-  frames never count;
+  those frames, so a frame misread as a look-alike reprint does not matter; frames the quality gate rejects
+  (moving, heavily blurred, half out of view) never count;
+* a card identified despite a **soft** gate failure (glare, slight blur, a sliver out of view:
+  ``SeenCard.flag``) counts like any other, but a clean frame is preferred: while a still window holds only
+  flagged frames its decision waits up to ``soft_patience_frames`` more frames for a clean one (the identity
+  is then voted by the clean frames and the clean frame's result is recorded); a window that ends before
+  (the card is taken away) is decided with what it has, so a card that only ever shows glare counts once;
 * the **same card still lying there** (jitter, glare, a blurred frame, a hand passing) is not counted again;
 * **N copies placed one after another** count N: between them the mat is empty (``empty_frames`` frames
   with no card at all) — or, without an empty gap, a copy arrives on top (next rule);
@@ -35,6 +40,7 @@ class SeenCard:
     card_id: str | None  # None: detected but not identified (gate rejected / no_card)
     quad: np.ndarray
     result: object | None = None  # the pipeline's CardResult when identified
+    flag: str | None = None  # soft quality-gate failure it was identified despite (glare, …); None = clean
 
     @property
     def height(self) -> float:
@@ -50,7 +56,7 @@ class SeenCard:
 
 @dataclass
 class Observation:
-    cards: list[SeenCard] = field(default_factory=list)  # identified cards (passed the gate)
+    cards: list[SeenCard] = field(default_factory=list)  # identified cards (passed the gate, maybe softly)
     others: list[SeenCard] = field(default_factory=list)  # detections the gate rejected
 
     @property
@@ -59,8 +65,8 @@ class Observation:
 
     @classmethod
     def from_frame_result(cls, res) -> "Observation":
-        cards = [SeenCard(c.card_id, np.asarray(c.quad, np.float32), c) for c in res.cards
-                 if c.decision != "no_card" and c.card_id]
+        cards = [SeenCard(c.card_id, np.asarray(c.quad, np.float32), c, getattr(c, "quality_flag", None))
+                 for c in res.cards if c.decision != "no_card" and c.card_id]
         others = [SeenCard(None, np.asarray(q, np.float32)) for q, _ in res.rejected]
         others += [SeenCard(None, np.asarray(c.quad, np.float32)) for c in res.cards
                    if c.decision == "no_card" or not c.card_id]
@@ -82,6 +88,9 @@ class StackConfig:
     empty_frames: int = 2
     switch_frames: int = 3  # frames in a row with another identity at the same place: a new card on top
     arrival_shift: float = 0.15  # centre displacement (fraction of card height) that marks a moving card
+    # a still window with only soft-flagged frames (glare, slight blur, a sliver out of view) waits this many
+    # frames more for a clean frame before it is decided with the flagged ones
+    soft_patience_frames: int = 3
 
 
 class StackTracker:
@@ -96,6 +105,8 @@ class StackTracker:
         self._disp: list[float] = []  # displacements of moving cards since the last stable card
         self._votes: dict[str | None, float] = {}  # identity votes (summed scores) of the current still window
         self._best: dict[str | None, tuple[float, SeenCard]] = {}
+        self._clean_votes: dict[str | None, float] = {}  # the same over the window's clean (unflagged) frames
+        self._clean_best: dict[str | None, tuple[float, SeenCard]] = {}
         self._streak: list[tuple[SeenCard, float]] = []  # consecutive frames disagreeing with the leader
         self._decided = False
         self.counts: dict[str, int] = {}
@@ -113,6 +124,10 @@ class StackTracker:
     def update(self, obs: Observation) -> list[StackEvent]:
         self.frame += 1
         events: list[StackEvent] = []
+        # a still window waiting for a clean frame that this frame ends is decided with what it has, before this
+        # frame's evidence touches the stack (a card that only ever showed glare still counts, once)
+        if self._pending() and not self._continues(obs):
+            self._decide(events)
         anchor = self.stack[-1] if self.stack else None
         # the mat counts as cleared when nothing identified is seen and nothing lies where the top card lay
         # (a false detection elsewhere on a printed playmat must not keep a stack alive)
@@ -156,6 +171,8 @@ class StackTracker:
             self._streak.append((top, score))
             last = self._streak[-self.cfg.switch_frames:]
             if len(last) == self.cfg.switch_frames and len({c.card_id for c, _ in last}) == 1:
+                if self._pending():
+                    self._decide(events)
                 self._new_window()
                 for c, sc in last[:-1]:
                     self._vote(c, sc)
@@ -163,11 +180,40 @@ class StackTracker:
             self._streak = []
         self._cand = top
         self._vote(top, score)
-        if self._cand_n < self.cfg.stable_frames or self._decided:
+        if self._decided or not self._ready():
             return events
+        self._decide(events)
+        return events
+
+    def _pending(self) -> bool:
+        """A stable window not decided yet (only soft-flagged frames so far, waiting for a clean one)."""
+        return not self._decided and self._cand is not None and self._cand_n >= self.cfg.stable_frames
+
+    def _ready(self) -> bool:
+        if self._cand_n < self.cfg.stable_frames:
+            return False
+        return bool(self._clean_votes) or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames
+
+    def _continues(self, obs: Observation) -> bool:
+        """Whether ``obs`` extends the current still window (same checks as ``update``, without side effects)."""
+        anchor = self.stack[-1] if self.stack else None
+        cleared = not obs.cards and (anchor is None or all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others))
+        if obs.empty or cleared:
+            return False
+        top = self._top(obs)
+        if top is None or self._cand is None:
+            return False
+        if any(c is not top and quad_iou(c.quad, top.quad) < 0.5 for c in obs.cards + obs.others):
+            return False
+        return quad_iou(top.quad, self._cand.quad) >= self.cfg.stable_iou
+
+    def _decide(self, events: list[StackEvent]) -> None:
+        """A stable card: decide what it means. Identity = the most voted one in the window — over its clean
+        frames when it has any (a glared or blurred reading is weaker evidence), and the recorded result is
+        that identity's best clean frame; otherwise over the flagged frames."""
         self._decided = True
-        # a stable card: decide what it means (identity = the most voted one in the window)
-        c = self._best[max(self._votes, key=self._votes.get)][1]
+        votes, best = (self._clean_votes, self._clean_best) if self._clean_votes else (self._votes, self._best)
+        c = best[max(votes, key=votes.get)][1]
         if not self.stack:
             events.append(self._count("placed", c))
         elif c.card_id == self.stack[-1].card_id and not self._arrival:
@@ -179,16 +225,18 @@ class StackTracker:
             events.append(self._count("slid_on_top", c))
         self._arrival = False
         self._disp = []
-        return events
 
     def _new_window(self) -> None:
         self._cand_n, self._votes, self._best, self._streak, self._decided = 0, {}, {}, [], False
+        self._clean_votes, self._clean_best = {}, {}
 
     def _vote(self, c: SeenCard, score: float) -> None:
         self._cand_n += 1
-        self._votes[c.card_id] = self._votes.get(c.card_id, 0.0) + score
-        if c.card_id not in self._best or score > self._best[c.card_id][0]:
-            self._best[c.card_id] = (score, c)
+        tallies = [(self._votes, self._best)] + ([(self._clean_votes, self._clean_best)] if c.flag is None else [])
+        for votes, best in tallies:
+            votes[c.card_id] = votes.get(c.card_id, 0.0) + score
+            if c.card_id not in best or score > best[c.card_id][0]:
+                best[c.card_id] = (score, c)
 
     def _departing(self) -> bool:
         """The last moving card went away from the resting place (its displacement grew at the end): a card

@@ -8,7 +8,12 @@ and writes a fresh manifest (file hashes and sizes recomputed by ``write_bundle`
 specs carried over). The golden self-test images are kept when the new bundle still identifies every one of
 them; otherwise they are regenerated with ``models.build_bundle.golden`` (same seeds, checked against the new
 bundle). ``--recalibrate`` also re-derives the accept / no_card thresholds with the new detector
-(``models.build_bundle.calibrate``; several minutes).
+(``models.build_bundle.calibrate``; several minutes). Without ``--tflite`` the bundle keeps its detector, so
+
+    python -m models.detector.ship --bundle models/bundles/demo --recalibrate
+
+re-derives the thresholds of the bundle as it is (e.g. after a change of the calibration sets or of the device
+pipeline's decision policy); other threshold entries (a ``gate`` override) are kept.
 """
 
 from __future__ import annotations
@@ -49,22 +54,28 @@ def main(argv: list[str] | None = None) -> int:
     from device.bundle import parse_manifest
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tflite", required=True, help="new detector.tflite (int8, models.export)")
+    ap.add_argument("--tflite", default=None, help="new detector.tflite (int8, models.export); default: keep the "
+                    "bundle's own (with --recalibrate: re-derive the thresholds of the bundle as it is)")
     ap.add_argument("--bundle", default="models/bundles/demo")
     ap.add_argument("--catalog", default="var/catalog", help="for regenerated goldens / recalibration")
     ap.add_argument("--recalibrate", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--version", default=None, help="new bundle version (devices update only to a version they do "
+                    "not have: give one whenever the detector or the thresholds change); default: keep it")
     a = ap.parse_args(argv)
     bundle = Path(a.bundle)
     man = parse_manifest((bundle / "manifest.json").read_bytes())
     raw = json.loads((bundle / "manifest.json").read_text())
     fields = {k: v for k, v in raw.items() if k not in ("format", "files")}
     fields["created"] = man.created
+    if a.version:
+        fields["version"] = a.version
     work = bundle.with_name(bundle.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     files: dict[str, Path | bytes] = {rel: (bundle / rel).read_bytes() for rel in man.files}
-    files["detector.tflite"] = Path(a.tflite).read_bytes()
+    if a.tflite:
+        files["detector.tflite"] = Path(a.tflite).read_bytes()
     staged = work / "bundle"
     _stage(staged, files, fields)
     report: dict = {}
@@ -72,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         from models.build_bundle import calibrate
 
         th = calibrate(argparse.Namespace(threads=a.threads, catalog=a.catalog, quick=False), staged)
-        fields["thresholds"] = {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")} | {
+        kept = {k: v for k, v in fields["thresholds"].items()
+                if k not in ("accept_score", "accept_margin", "no_card_score", "calibration")}
+        fields["thresholds"] = kept | {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")} | {
             "calibration": {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}}
         report["thresholds"] = fields["thresholds"]
         shutil.rmtree(staged)

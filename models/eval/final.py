@@ -73,6 +73,10 @@ class FinalCard:
     quad: np.ndarray | None = None
     error: str | None = None  # why the device could not record the scan (protocol validation)
     resolver_cpu_ms: float | None = None  # process CPU time of the resolver step
+    device_score: float | None = None  # the device match (top-1 score, margin) and its crop-quality measures,
+    device_margin: float | None = None  # kept in the rows so device-side losses can be studied afterwards
+    device_quality: dict = field(default_factory=dict)
+    device_quality_flag: str | None = None  # the soft gate failure the device identified the card despite
 
 
 class FinalAnswerSystem:
@@ -124,6 +128,13 @@ class FinalAnswerSystem:
 
     def decide(self, card) -> FinalCard:
         """Final answer for one device ``CardResult``."""
+        fc = self._decide(card)
+        fc.device_score, fc.device_margin = float(card.score), float(card.margin)
+        fc.device_quality = dict(card.quality or {})
+        fc.device_quality_flag = getattr(card, "quality_flag", None)
+        return fc
+
+    def _decide(self, card) -> FinalCard:
         from pydantic import ValidationError
 
         from server.resolver.worker import resolve_scan
@@ -193,7 +204,10 @@ def frame_records(system: FinalAnswerSystem, frame: np.ndarray, labels: dict, re
                      device_top5=best.device_candidates, status=best.status, final=best.final,
                      resolver_ms=None if best.resolver_ms is None else round(best.resolver_ms, 2),
                      resolver_cpu_ms=None if best.resolver_cpu_ms is None else round(best.resolver_cpu_ms, 2),
-                     resolver_top=best.resolver_candidates[:5], confidence=best.confidence, iou=round(biou, 4))
+                     resolver_top=best.resolver_candidates[:5], confidence=best.confidence, iou=round(biou, 4),
+                     device_score=None if best.device_score is None else round(best.device_score, 4),
+                     device_margin=None if best.device_margin is None else round(best.device_margin, 4),
+                     device_quality=best.device_quality, device_quality_flag=best.device_quality_flag)
             if best.error:
                 r["error"] = best.error
         out.append(r)
@@ -245,6 +259,7 @@ def summarize(recs: list[dict]) -> dict:
     resolved = [r for r in amb if r["status"] == "resolved"]
     review = [r for r in amb if r["status"] == "needs_review"]
     rp = [r for r in recs if r["reprint"]]
+    soft = [r for r in amb if r.get("device_quality_flag")]  # identified despite glare / blur / a sliver out of view
     auto = acc + resolved
     ms = np.array([r["resolver_ms"] for r in amb if r.get("resolver_ms") is not None])
     cpu = np.array([r["resolver_cpu_ms"] for r in amb if r.get("resolver_cpu_ms") is not None])
@@ -271,6 +286,8 @@ def summarize(recs: list[dict]) -> dict:
         "device_top1_reprints": _frac(sum(r.get("device_top1") == r["card_id"] for r in rp), len(rp)),
         "ambiguous_top1_after_resolver": _frac(sum(r["final"] == r["card_id"] for r in amb), len(amb)),
         "ambiguous_device_top1": _frac(sum(r["device_top1"] == r["card_id"] for r in amb), len(amb)),
+        "soft_flagged": len(soft), "soft_flagged_rate": _frac(len(soft), n),
+        "soft_flagged_top1_after_resolver": _frac(sum(r["final"] == r["card_id"] for r in soft), len(soft)),
         "resolved_rate_of_ambiguous": _frac(len(resolved), len(amb)),
         "resolved_precision": _frac(sum(r["final"] == r["card_id"] for r in resolved), len(resolved)),
         # what the final top-1 would be with a resolver that is always right: the device-side ceiling
@@ -432,6 +449,9 @@ def markdown(report: dict, small: bool = False) -> str:
             ("reprint cards (same illustration elsewhere)", lambda s: str(s["reprint_cards"])),
             ("**final top-1, reprints**", lambda s: f"**{_pct(s['final_top1_reprints'])}**{_ci(s['final_top1_reprints_ci95'])}"),
             ("ambiguous: device top-1 → final top-1", lambda s: f"{_pct(s['ambiguous_device_top1'])} → {_pct(s['ambiguous_top1_after_resolver'])}"),
+            ("of them soft gate failures (glare, slight blur, sliver out of view): share of all / final top-1",
+             lambda s: f"{s.get('soft_flagged', '–')} ({_pct(s.get('soft_flagged_rate'))}) / "
+                       f"{_pct(s.get('soft_flagged_top1_after_resolver'))}"),
             ("resolver: resolved share / precision", lambda s: f"{_pct(s['resolved_rate_of_ambiguous'])} / {_pct(s['resolved_precision'])}"),
             ("needs_review (to a person), of all cards", lambda s: f"{s['needs_review']} ({_pct(s['needs_review_rate'])}); its top-1 {_pct(s['needs_review_top1'])}"),
             ("automatic (accept + resolved): rate / precision", lambda s: f"{_pct(s['automatic_rate'])} / {_pct(s['automatic_precision'])}"),
@@ -450,8 +470,8 @@ def markdown(report: dict, small: bool = False) -> str:
         common = [n for n in names if n in base["sets"]]
         bp = (base.get("provenance") or {}).get("bundle_manifest_sha256")
         same = bp == p["bundle_manifest_sha256"]
-        note = ("same seed, frames and device bundle, so the device's decisions are identical and only the resolver "
-                "differs" if same else f"**different device bundles** (before: manifest {bp}): not a resolver-only "
+        note = ("same seed, frames and device bundle (the device's decisions are identical unless the device code "
+                "changed too)" if same else f"**different device bundles** (before: manifest {bp}): not a resolver-only "
                 "comparison")
         lines += ["", f"Before → after (before = `{base['label']}`; {note}):", "",
                   "| | " + " | ".join(f"`{n}`" for n in common) + " |", "|---|" + "---|" * len(common)]

@@ -241,6 +241,9 @@ class Scan(Base):
     candidates: Mapped[list[Any]] = mapped_column(default=list)
     quad: Mapped[list[Any] | None] = mapped_column(JSONType)
     crop: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # the soft quality-gate failure (glare, too_blurry, partially_out_of_view) the device identified the card
+    # despite; such scans are always ambiguous
+    quality_flag: Mapped[str | None] = mapped_column(String(32))
     bundle_version: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(16), index=True)
     resolved_card_id: Mapped[str | None] = mapped_column(String(64))  # the final answer (resolver or person)

@@ -74,7 +74,10 @@ def accuracy_device_rows(raw: dict) -> list[Row]:
     if ph:
         rows.append(_row("detector", f"real playing-card photos, test split ({ph.get('images')} photos, "
                          f"{ph.get('gt_boxes')} cards)", f"mean box IoU {ph.get('mean_iou')}, recall@IoU0.5 "
-                         f"{_pct(ph.get('recall_iou50'))}", "mean IoU ≥ 0.9", (ph.get("mean_iou") or 0) >= 0.9,
+                         f"{_pct(ph.get('recall_iou50'))}"
+                         + (f" (cards lying free: {ph.get('mean_iou_free')} of {ph.get('free_boxes')}; cards "
+                            f"overlapping another: {ph.get('mean_iou_overlapping')} of {ph.get('overlapping_boxes')})"
+                            if ph.get("free_boxes") is not None else ""), "mean IoU ≥ 0.9", (ph.get("mean_iou") or 0) >= 0.9,
                          ph.get("mean_iou"), "IoU"))
     found = [raw[k].get("found_rate") for k in names if raw.get(k)]
     if found:
