@@ -129,10 +129,10 @@ class Features:
 # here rebuilds the stored catalog keypoints.
 ORB_PARAMS = {"nfeatures": 700, "scaleFactor": 1.2, "nlevels": 6, "edgeThreshold": 15, "patchSize": 21,
               "fastThreshold": 10}
-# The query side keeps its strongest 450: brute-force matching costs query × catalog keypoints, and on held-out
-# device-ambiguous scans 450 gave the same top-1 as 700 (95.9 vs 95.7 % of 437) in 20 % less time. The catalog
-# side keeps 700 (500 there lost 1.6 points: a blurred crop's few good keypoints must find their partner).
-QUERY_NFEATURES = 450
+# Query crops and catalog faces keep the same number of ORB keypoints. Fewer on the query side would be
+# cheaper (matching costs query × catalog keypoints; 450 saves 20 % of the resolve time) but lost 4 of 1,144
+# held-out ambiguous scans (seeds 800000 + 900000); 500 on the catalog side lost 1.6 points of top-1.
+QUERY_NFEATURES = 700
 _local = threading.local()  # one ORB per thread: the keypoint store is built by a thread pool
 
 
@@ -157,7 +157,7 @@ def orb(gray: np.ndarray, detector=None) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def extract(img: np.ndarray) -> Features:
-    """Features of a query crop: fewer ORB keypoints than a catalog face (``QUERY_NFEATURES``)."""
+    """Features of a query crop (``QUERY_NFEATURES`` ORB keypoints)."""
     g = gray_canon(img)
     kp, des = orb(g, _query_detector())
     return Features(g, kp=kp, des=des)
