@@ -32,6 +32,10 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+def _ci(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
 def device_rows(raw: dict) -> list[Row]:
     lat, st = raw.get("latency", {}), raw.get("stack", {})
     med, p90 = lat.get("median_ms", {}), lat.get("p90_ms", {})
@@ -96,13 +100,17 @@ def final_rows(raw: dict) -> list[Row]:
     rows = []
     for key, s in raw.get("sets", {}).items():
         label = FINAL_LABELS.get(key, key)
+        ci = s.get("final_top1_ci95") or [None, None]
+        # Met only where the 95 % interval's lower bound clears the goal: at n = 1,000 a point estimate of
+        # 99.6 % is as consistent with 99.2 % as with 99.9 %.
+        met = (ci[0] or 0) >= 0.995 and (s.get("final_top1_reprints") or 0) >= 0.99
         rows.append(_row("accuracy (device + server)", f"final top-1, {label}, {s.get('cards')} cards",
-                         f"{_pct(s.get('final_top1'))} (device only {_pct(s.get('device_top1'))}); reprints "
+                         f"{_pct(s.get('final_top1'))} [95 % CI {_ci(ci[0])}–{_ci(ci[1])}] (device only "
+                         f"{_pct(s.get('device_top1'))}); reprints "
                          f"{_pct(s.get('final_top1_reprints'))} of {s.get('reprint_cards')}; automatic "
                          f"{_pct(s.get('automatic_rate'))} at {_pct(s.get('automatic_precision'))} precision; "
                          f"needs review {_pct(s.get('needs_review_rate'))}",
-                         "≥ 99.5 %; reprints ≥ 99 %", (s.get("final_top1") or 0) >= 0.995, s.get("final_top1"),
-                         "fraction"))
+                         "≥ 99.5 % (95 % CI lower bound); reprints ≥ 99 %", met, s.get("final_top1"), "fraction"))
         if s.get("resolver_ms_median") is not None:
             med = s["resolver_ms_median"]
             rows.append(_row("resolver", f"resolve one ambiguous device scan, {label}, {s.get('resolver_calls')} scans",
