@@ -32,7 +32,7 @@ import yaml
 from device.protocol import Topics
 from provisioning.cli import main as provision
 from provisioning.fleet import SERVER_USER
-from tests.services import MOSQUITTO_DIRS, find_binary, free_port, stop_process, wait_port
+from tests.services import MOSQUITTO_DIRS, find_binary, free_port, free_ports, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROD = ROOT / "provisioning" / "production"
@@ -259,7 +259,7 @@ def production_broker(tmp_path):
     assert provision(["--fleet-dir", str(fdir), *BROKER_CONFIG_ARGS]) == 0
     data = tmp_path / "data"
     data.mkdir()
-    tls_port, local_port = free_port(), free_port()
+    tls_port, local_port = free_ports(2)
     conf = (PROD / "mosquitto" / "mosquitto.conf").read_text()
     conf = _replace_once(conf, "/etc/scanemon/fleet/passwd", str(fdir / "passwd"))
     conf = _replace_once(conf, "/etc/scanemon/fleet/acl", str(fdir / "acl"))
@@ -441,7 +441,7 @@ def test_nginx_body_limit_matches_server_setting():
 
 def test_nginx_config_is_valid(tmp_path):
     nginx = _nginx()
-    conf = nginx_site_for_test(tmp_path, free_port(), free_port(), free_port())
+    conf = nginx_site_for_test(tmp_path, *free_ports(3))
     res = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -462,7 +462,7 @@ def _request(port: int, method: str, path: str, *, tls: bool, ca: Path | None = 
 
 def test_nginx_proxies_https_to_a_real_server(tmp_path):
     nginx = _nginx()
-    http_port, https_port, app_port = free_port(), free_port(), free_port()
+    http_port, https_port, app_port = free_ports(3)
     conf = nginx_site_for_test(tmp_path, http_port, https_port, app_port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANEMON_")}
     env.update(SCANEMON_DATA_DIR=str(tmp_path / "data"), SCANEMON_READYZ_CHECK_BROKER="false")
