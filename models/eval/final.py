@@ -456,7 +456,7 @@ def markdown(report: dict, small: bool = False) -> str:
             ("needs_review (to a person), of all cards", lambda s: f"{s['needs_review']} ({_pct(s['needs_review_rate'])}); its top-1 {_pct(s['needs_review_top1'])}"),
             ("automatic (accept + resolved): rate / precision", lambda s: f"{_pct(s['automatic_rate'])} / {_pct(s['automatic_precision'])}"),
             ("resolver wall ms median / p90 (shared machine)", lambda s: f"{s['resolver_ms_median']} / {s['resolver_ms_p90']} ({s['resolver_calls']} calls)"),
-            ("resolver CPU ms median / p90 (1 thread)", lambda s: f"{s.get('resolver_cpu_ms_median')} / {s.get('resolver_cpu_ms_p90')}")]
+            ("resolver CPU ms median / p90 (all threads)", lambda s: f"{s.get('resolver_cpu_ms_median')} / {s.get('resolver_cpu_ms_p90')}")]
     names = list(report["sets"])
     lines += ["| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
     for label, f in rows:
