@@ -114,7 +114,7 @@ def make_settings(url: str, tmp: Path, **security) -> ServerSettings:
 
 def add_scan(db: Database, *, device_id: str, collection_id: int | None, status: str = "needs_review",
              card_id: str | None = None, candidates=None, crop: bytes | None = b"\xff\xd8\xff\xe0fakejpeg",
-             seq: int = 1, scan_id: str | None = None) -> str:
+             seq: int = 1, scan_id: str | None = None, quality_flag: str | None = None) -> str:
     from server.db.models import Device, Scan
 
     scan_id = scan_id or str(uuid.uuid4())
@@ -124,7 +124,7 @@ def add_scan(db: Database, *, device_id: str, collection_id: int | None, status:
             s.flush()
         s.add(Scan(scan_id=scan_id, device_id=device_id, seq=seq, captured_at=datetime.now(timezone.utc),
                    decision="ambiguous", card_id=card_id, candidates=candidates or [], crop=crop, status=status,
-                   collection_id=collection_id, bundle_version="test-1"))
+                   collection_id=collection_id, bundle_version="test-1", quality_flag=quality_flag))
     return scan_id
 
 

@@ -253,13 +253,15 @@ def test_review_confirm_correct_reject(env, tmp_path):
     a = env.alice
     s1 = add_scan(env.db, device_id="pi-a", collection_id=a.collection_id, card_id="base1-4",
                   candidates=[{"card_id": "base1-4", "score": 0.61}, {"card_id": "base1-24", "score": 0.58}])
-    s2 = add_scan(env.db, device_id="pi-a", collection_id=a.collection_id, seq=2,
+    s2 = add_scan(env.db, device_id="pi-a", collection_id=a.collection_id, seq=2, quality_flag="glare",
                   candidates=[{"card_id": "sv1-1", "score": 0.5}, {"card_id": "sv1-2", "score": 0.49}])
     s3 = add_scan(env.db, device_id="pi-a", collection_id=a.collection_id, seq=3, crop=None)
     add_scan(env.db, device_id="pi-b", collection_id=env.bob.collection_id, seq=1, card_id="sv1-1")
     q = env.client.get("/api/v1/review", headers=a.headers).json()
     assert [i["scan_id"] for i in q["items"]] == [s1, s2, s3]
     assert q["items"][0]["suggested_card"]["name"] == "Charizard" and q["items"][0]["candidates"][1]["score"] == 0.58
+    # why a crop may be poor: the device's soft quality-gate failure travels to the reviewer
+    assert [i["quality_flag"] for i in q["items"]] == [None, "glare", None]
     assert env.client.get(f"/api/v1/review/{s1}/crop", headers=a.headers).content.startswith(b"\xff\xd8")
 
     r = env.client.post(f"/api/v1/review/{s1}/confirm", json={"finish": "holo"}, headers=a.headers)

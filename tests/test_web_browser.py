@@ -63,8 +63,8 @@ def live_server(sqlite_catalog_url, tmp_path, shared_data):
     img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / "sv1-5" / "sv1-5.png"))
     crop = cv2.imencode(".jpg", cv2.resize(img, (160, 223)))[1].tobytes() if img is not None else b""
     scans = [add_scan(db, device_id="pi-desk", collection_id=ash.collection_id, seq=i + 1, card_id=c, crop=crop or None,
-                      candidates=[{"card_id": c, "score": 0.62}, {"card_id": alt, "score": 0.58}])
-             for i, (c, alt) in enumerate([("sv1-5", "sv1-6"), ("sv1-8", "sv1-9")])]
+                      candidates=[{"card_id": c, "score": 0.62}, {"card_id": alt, "score": 0.58}], quality_flag=flag)
+             for i, (c, alt, flag) in enumerate([("sv1-5", "sv1-6", None), ("sv1-8", "sv1-9", "glare")])]
     app = create_app(settings, db)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -150,6 +150,9 @@ def test_login_filter_card_review_in_chromium(live_server):
             page.click("nav >> text=Review")
             page.wait_for_load_state()
             assert page.locator(".review-item").count() == 2
+            # the second scan's frame had glare: the reviewer sees why its crop may be poor
+            assert page.locator(f"#scan-{live_server['scans'][1]} .flag").inner_text() == "glare"
+            assert page.locator(f"#scan-{live_server['scans'][0]} .flag").count() == 0
             _shot(page, "review.png")
             first = live_server["scans"][0]
             page.locator(f"#scan-{first} button.confirm").click()

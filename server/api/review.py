@@ -51,6 +51,8 @@ class ReviewItem(BaseModel):
     candidates: list[Candidate]
     has_crop: bool
     crop_url: str | None
+    quality_flag: str | None = Field(None, description="Soft quality-gate failure the device identified the card "
+                                     "despite (glare, too_blurry, partially_out_of_view): why the crop may be poor.")
 
 
 class ReviewPage(BaseModel):
@@ -111,7 +113,8 @@ def review_item(session: Session, scan: Scan) -> ReviewItem:
         suggested_card=card_out(cards[sug]) if sug in cards else None, confidence=scan.confidence,
         candidates=[Candidate(card_id=cid, score=float(s) if isinstance(s, (int, float)) else None,
                               card=card_out(cards[cid]) if cid in cards else None) for cid, s in cands],
-        has_crop=bool(scan.crop), crop_url=f"/api/v1/review/{scan.scan_id}/crop" if scan.crop else None)
+        has_crop=bool(scan.crop), crop_url=f"/api/v1/review/{scan.scan_id}/crop" if scan.crop else None,
+        quality_flag=scan.quality_flag)
 
 
 def review_queue(session: Session, principal: Principal, *, status: str = "needs_review", after: int | None = None,
