@@ -1,0 +1,113 @@
+"""The resolver alone, on the scans the device really sends it (for before/after comparisons of resolver code).
+
+    # 1. the device's ambiguous scans of models.eval.final's frames, as stored rows (JPEG crop + device top-5)
+    .venv/bin/python -m tests.bench.resolver_scans collect --n 3000 --seed 900000 --out var/scans-900000.jsonl
+    # 2. resolve each one (1 OpenCV thread): CPU ms per scan and top-1
+    .venv/bin/python -m tests.bench.resolver_scans time --scans var/scans-900000.jsonl
+    # the same scans through older resolver code (its own calibration file too):
+    git worktree add /tmp/old b1fb7da && (cd /tmp/old && PYTHONPATH=/tmp/old /work/main/.venv/bin/python \
+        /work/main/tests/bench/resolver_scans.py time --scans /work/main/var/scans-900000.jsonl \
+        --catalog /work/main/var/catalog --data-dir /work/main/var)
+
+Why apart from ``models.eval.final``: that one re-runs the device on every frame, so the resolver's time is
+measured among the device's and the capture simulator's, and a change of device code changes which scans
+the resolver sees. Here the scans are fixed once, so two resolver versions answer exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def collect(a) -> int:
+    from device.vision.geometry import quad_iou
+    from models.eval.final import MIN_VISIBLE, FinalAnswerSystem
+    from models.synth.capture import CaptureConfig
+    from models.synth.dataset import make_frame
+    from server.resolver.worker import _device_candidates
+
+    system = FinalAnswerSystem.build(a.bundle, a.catalog, a.data_dir)
+    ids = sorted(system.resolver.index.ids)
+    if a.subset == "sv1":
+        ids = [c for c in ids if c.startswith("sv1-")]
+    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
+    n = 0
+    with open(a.out, "w") as f:
+        for i in range(a.n):
+            frame, labels = make_frame(a.catalog, ids, a.seed, i, cfg)
+            res = system.pipeline.process(frame)
+            for gt in labels["cards"]:
+                if gt.get("visible", 1.0) < MIN_VISIBLE:
+                    continue
+                for c in res.cards:
+                    if c.decision != "ambiguous" or quad_iou(c.quad, np.array(gt["quad"], np.float32)) < 0.5:
+                        continue
+                    row = system._stored_scan(c)  # appliance → wire → ingest row, as the worker finds it
+                    f.write(json.dumps({"card_id": gt["card_id"], "frame": i, "device_candidates": _device_candidates(row),
+                                        "crop_jpeg_b64": base64.b64encode(row.crop).decode()}) + "\n")
+                    n += 1
+    print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}) -> {a.out}")
+    return 0
+
+
+def time_scans(a) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)
+    from server.resolver.service import build_resolver
+
+    r = build_resolver(a.catalog, a.data_dir)
+    r.config.ocr = False
+    rows = [json.loads(line) for line in open(a.scans)]
+    if not rows:
+        print("no scans", file=sys.stderr)
+        return 1
+    imgs = [cv2.imdecode(np.frombuffer(base64.b64decode(x["crop_jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR) for x in rows]
+    r.resolve_crop(imgs[0], rows[0]["device_candidates"])  # load the models; then empty the face cache again
+    r.catalog._cache.clear()
+    cpu, ok, resolved, resolved_ok = [], 0, 0, 0
+    for x, img in zip(rows, imgs):
+        c0 = time.process_time()
+        res = r.resolve_crop(img, x["device_candidates"])
+        cpu.append((time.process_time() - c0) * 1e3)
+        ok += res.card_id == x["card_id"]
+        if res.status == "resolved":
+            resolved += 1
+            resolved_ok += res.card_id == x["card_id"]
+    out = {"scans": len(rows), "top1": round(ok / len(rows), 4), "resolved_share": round(resolved / len(rows), 4),
+           "resolved_precision": round(resolved_ok / resolved, 4) if resolved else None,
+           "cpu_ms_median": round(statistics.median(cpu), 1), "cpu_ms_p90": round(float(np.percentile(cpu, 90)), 1),
+           "code": str(Path.cwd())}
+    print(json.dumps(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="the device's ambiguous scans of simulated scanner-box frames")
+    c.add_argument("--bundle", default="models/bundles/demo")
+    c.add_argument("--catalog", default="var/catalog")
+    c.add_argument("--data-dir", default="var")
+    c.add_argument("--subset", choices=["all", "sv1"], default="all")
+    c.add_argument("--n", type=int, default=3000, help="frames")
+    c.add_argument("--seed", type=int, default=900_000)
+    c.add_argument("--out", required=True)
+    t = sub.add_parser("time", help="resolve the collected scans: top-1 and CPU ms per scan (1 OpenCV thread)")
+    t.add_argument("--scans", required=True)
+    t.add_argument("--catalog", default="var/catalog")
+    t.add_argument("--data-dir", default="var")
+    a = ap.parse_args(argv)
+    return collect(a) if a.cmd == "collect" else time_scans(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
