@@ -90,18 +90,23 @@ def test_no_card_frame_gives_reject_reason(tmp_path):
     assert r.returncode == 0 and obj["cards"] == [] and obj["reject_reason"] == "no_card"
 
 
-def test_run_over_directory_source_records_into_outbox(tmp_path):
-    """``run --source dir:`` with a device config: the held golden card is counted once into the outbox."""
+def _run_frames(tmp_path, seq, ext: str):
+    """``scanemon-device run --source dir:`` over ``seq`` written as image files, outbox in ``tmp_path``."""
     frames = tmp_path / "frames"
     frames.mkdir()
+    for i, f in enumerate(seq):
+        cv2.imwrite(str(frames / f"{i:04d}{ext}"), f)
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(f"device_id: test-dev\noutbox:\n  path: {tmp_path / 'outbox.db'}\n")
+    return cli("run", "--source", f"dir:{frames}", "--config", str(cfg), "--bundle", str(BUNDLE), "--threads", "1")
+
+
+def test_run_over_directory_source_records_into_outbox(tmp_path):
+    """``run --source dir:`` with a device config: the held golden card is counted once into the outbox."""
     img = cv2.imread(str(golden_images()[0]))
     blank = np.full_like(img, 90)
     seq = [blank] * 3 + [img] * 6 + [blank] * 3
-    for i, f in enumerate(seq):
-        cv2.imwrite(str(frames / f"{i:04d}.jpg"), f)
-    cfg = tmp_path / "device.yaml"
-    cfg.write_text(f"device_id: test-dev\noutbox:\n  path: {tmp_path / 'outbox.db'}\n")
-    r = cli("run", "--source", f"dir:{frames}", "--config", str(cfg), "--bundle", str(BUNDLE), "--threads", "1")
+    r = _run_frames(tmp_path, seq, ".jpg")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["frames"] == len(seq) and summary["counted"] == 1
@@ -138,15 +143,9 @@ def test_run_counts_a_glared_card_once_and_records_it_ambiguous_with_its_crop(tm
     from device.protocol import Scan
 
     img, card_id = _overexposed_golden()
-    frames = tmp_path / "frames"
-    frames.mkdir()
     blank = np.full_like(img, 90)
     seq = [blank] * 3 + [img] * 8 + [blank] * 3
-    for i, f in enumerate(seq):
-        cv2.imwrite(str(frames / f"{i:04d}.png"), f)
-    cfg = tmp_path / "device.yaml"
-    cfg.write_text(f"device_id: test-dev\noutbox:\n  path: {tmp_path / 'outbox.db'}\n")
-    r = cli("run", "--source", f"dir:{frames}", "--config", str(cfg), "--bundle", str(BUNDLE), "--threads", "1")
+    r = _run_frames(tmp_path, seq, ".png")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["counted"] == 1, summary

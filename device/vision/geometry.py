@@ -37,12 +37,18 @@ def order_quad(quad: np.ndarray) -> np.ndarray:
     return np.roll(q, -start, axis=0)
 
 
-def portrait_quad(quad: np.ndarray) -> np.ndarray:
-    """Rotate the point order so TL→TR is a short side (cards are portrait)."""
+def is_landscape(quad: np.ndarray) -> bool:
+    """Whether the quad's TL→TR side (and its opposite) is the long one."""
     q = np.asarray(quad, np.float32).reshape(4, 2)
     top = np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])
     side = np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])
-    return np.roll(q, -1, axis=0) if top > side else q
+    return bool(top > side)
+
+
+def portrait_quad(quad: np.ndarray) -> np.ndarray:
+    """Rotate the point order so TL→TR is a short side (cards are portrait)."""
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    return np.roll(q, -1, axis=0) if is_landscape(q) else q
 
 
 def card_homography(quad: np.ndarray, size: tuple[int, int] = CANONICAL_SIZE) -> np.ndarray:

@@ -26,7 +26,7 @@ from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
                                     crop_reject, geometry_reject, inside_fraction, soft_failure)
 from device.vision.embedder import Embedder
-from device.vision.geometry import rectify
+from device.vision.geometry import is_landscape, rectify
 from device.vision.matcher import CatalogMatcher, Match
 
 TOP_K = 5
@@ -78,13 +78,6 @@ class FrameResult:
                              for q, r in self.rejected]
         d["ms"] = {k: round(v, 2) for k, v in self.ms.items()}
         return d
-
-
-def _landscape(quad: np.ndarray) -> bool:
-    q = np.asarray(quad, np.float32)
-    top = np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3])
-    side = np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])
-    return bool(top > side)
 
 
 def load_manifest(bundle_dir: str | Path, public_key: str | None = None) -> dict:
@@ -177,7 +170,7 @@ class VisionPipeline:
         for i, (quad, crop, _, unsure, _, _) in enumerate(todo):
             variants.append((i, quad, crop))
             rolls = [2] if unsure else []
-            if _landscape(quad):
+            if is_landscape(quad):
                 rolls += [1, 3]
             for r in rolls:
                 q2 = np.roll(quad, r, axis=0)
