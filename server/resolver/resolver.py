@@ -230,8 +230,8 @@ class Resolver:
     def resolve_crop(self, crop: np.ndarray, device_candidates: Sequence[str] = (),
                      quad: list | None = None) -> Resolution:
         """``device_candidates``: the device's shortlist, always verified (the device saw the card at full
-        resolution). Its scores are deliberately not a feature: fitted as one, they lowered held-out top-1
-        (95.7 → 94.1 % of 437 ambiguous scanner-box scans): the device's own ranking is what made it unsure."""
+        resolution). Its scores are deliberately not a feature: fitted as one they lowered held-out top-1 in a
+        development run — the device's own ranking is what made it unsure."""
         t0 = time.perf_counter()
         embedded = self.embed_views(crop)
         canon, _, sims = self.shortlist(crop, device_candidates, embedded=embedded)

@@ -129,9 +129,8 @@ class Features:
 # here rebuilds the stored catalog keypoints.
 ORB_PARAMS = {"nfeatures": 700, "scaleFactor": 1.2, "nlevels": 6, "edgeThreshold": 15, "patchSize": 21,
               "fastThreshold": 10}
-# Query crops and catalog faces keep the same number of ORB keypoints. Fewer on the query side would be
-# cheaper (matching costs query × catalog keypoints; 450 saves 20 % of the resolve time) but lost 4 of 1,144
-# held-out ambiguous scans (seeds 800000 + 900000); 500 on the catalog side lost 1.6 points of top-1.
+# Query crops and catalog faces keep the same number of ORB keypoints (fewer on the query side is cheaper —
+# matching costs query × catalog keypoints — but lost scans in development runs).
 QUERY_NFEATURES = 700
 _local = threading.local()  # one ORB per thread: the keypoint store is built by a thread pool
 
@@ -244,9 +243,8 @@ def geometric(q: Features, c: Features, ratio: float = 0.8, reproj_px: float = 4
         return Geometric(0, len(good))
     src = q.kp[[m.queryIdx for m in good]]
     dst = c.kp[[m.trainIdx for m in good]]
-    # USAC (SPRT early rejection + local optimisation) finds the same consensus as classic RANSAC here
-    # (mean inliers 32.4 vs 32.4 over 569 real shortlist pairs) in 0.15 ms instead of 5.8 ms: classic RANSAC
-    # runs all its draws on the many same-layout, other-art candidates whose inlier share is low.
+    # USAC (SPRT early rejection + local optimisation) rather than classic RANSAC, which runs all its draws on
+    # the many same-layout, other-art candidates whose inlier share is low (tests/bench/resolver_scans.py).
     H, mask = cv2.findHomography(src, dst, HOMOGRAPHY_METHOD, reproj_px, maxIters=500, confidence=0.99)
     inl = int(mask.sum()) if (H is not None and mask is not None) else 0
     if len(good) >= 30 and inl < 12:
