@@ -222,6 +222,37 @@ def test_catalog_has_reprints_whose_faces_differ_only_in_small_regions(resolver)
     assert m is not None and m.mean() < 0.6  # same art: most of the face is identical
 
 
+def test_region_win_compares_each_differing_patch_on_its_own(resolver):
+    """Reprints differ in a set symbol mid-card and a number at the foot. One box around both is mostly
+    identical art and dilutes the difference; matched patch by patch, the true printing wins clearly more —
+    here on a shifted, blurred, noisy view of each printing (what alignment leaves of a device crop)."""
+    from server.resolver import verify as V
+
+    rng = np.random.default_rng(3)
+    old_total = new_total = 0.0
+    checked = 0
+    for group in _reprint_pairs(resolver)[:6]:
+        a, b = group[:2]
+        fa, fb = resolver.catalog.features(a), resolver.catalog.features(b)
+        m = V.diff_mask(fa, fb, grow=2)
+        if m is None or cv2.connectedComponents(m.astype(np.uint8))[0] < 3:
+            continue  # one differing patch only: nothing to split
+        for truth, other, ft in ((a, b, fa), (b, a, fb)):
+            g = cv2.warpAffine(ft.gray.astype(np.float32), np.float32([[1, 0, 2.5], [0, 1, -2.0]]),
+                               (ft.gray.shape[1], ft.gray.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+            g = cv2.GaussianBlur(g, (0, 0), 2.0) + rng.normal(0, 6, g.shape)
+            q = V.normalise(np.clip(g, 0, 255).astype(np.uint8))
+            nt, no = resolver.catalog.features(truth).norm_at(2.0), resolver.catalog.features(other).norm_at(2.0)
+            new = V._region_win([q], nt, no, m)
+            old = V._patch_win([q], nt, no, m)  # one template over the box around every difference
+            assert new > 0, (truth, other, new)
+            new_total += new
+            old_total += old if old is not None else V.ncc(q, nt, m) - V.ncc(q, no, m)
+            checked += 1
+    assert checked >= 4
+    assert new_total > 1.5 * old_total, (new_total, old_total)
+
+
 def test_reprints_told_apart_on_simulated_captures(resolver):
     from models.synth.capture import augment_crop
 

@@ -319,6 +319,17 @@ def test_glared_capture_of_a_real_card_is_ambiguous_with_crop_and_reason():
     wire = decode(ScanBatch, encode(ScanBatch(scans=[scan]))).scans[0]
     assert wire.quality_flag == "glare" and wire.crop == fields["crop"]
 
+    # the scan carries the card at its own resolution in the frame (evidence), not the embedder's 268-px crop
+    from device.vision.geometry import evidence_size
+
+    q = np.asarray(c.quad, np.float32)
+    card_h = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    assert card_h > 300  # a scanner-box card: more pixels than the embedder's crop has
+    sent = cv2.imdecode(np.frombuffer(fields["crop"], np.uint8), cv2.IMREAD_COLOR)
+    assert sent.shape[:2] == c.evidence.shape[:2] == evidence_size(c.quad)[::-1]
+    assert abs(sent.shape[0] - card_h) <= 1 and abs(sent.shape[1] / sent.shape[0] - 63 / 88) < 0.01
+    assert clean.cards[0].evidence is None  # accepted cards send no crop
+
     # a blown-out face (nothing left to identify) stays a reject
     gone = pipe.process(overexposed(frame, 3.0))
     assert not [x for x in gone.cards if x.decision != "no_card"]
@@ -370,3 +381,15 @@ def test_tflite_matches_pytorch_embeddings(shared_data):
         cos.append(float(np.dot(t, p) / np.linalg.norm(t) / np.linalg.norm(p)))
     print(f"parity: min cosine {min(cos):.4f}, mean {np.mean(cos):.4f}, 5th percentile {np.percentile(cos, 5):.4f}")
     assert min(cos) >= 0.98, f"min cosine {min(cos):.4f}, mean {np.mean(cos):.4f}"
+
+
+def test_evidence_size_follows_the_card_between_the_crop_and_the_servers_size():
+    from device.vision.geometry import CANONICAL_SIZE, EVIDENCE_MAX_SIZE, evidence_size
+
+    def quad(h):
+        w = h * 63 / 88
+        return np.array([[10, 10], [10 + w, 10], [10 + w, 10 + h], [10, 10 + h]], np.float32)
+
+    assert evidence_size(quad(100))[1] == CANONICAL_SIZE[1]  # a small card: never less than the crop
+    assert evidence_size(quad(374)) == (268, 374)  # a scanner-box card: its own pixels
+    assert evidence_size(quad(2000)) == (round(EVIDENCE_MAX_SIZE[1] * 63 / 88), EVIDENCE_MAX_SIZE[1])

@@ -19,6 +19,8 @@ import numpy as np
 CARD_ASPECT = 63.0 / 88.0
 #: (W, H) of the rectified card crop (also the crop shipped with ambiguous scans).
 CANONICAL_SIZE = (192, 268)
+#: (W, H) at most of the crop an ambiguous scan carries to the server (its resolver compares at this size).
+EVIDENCE_MAX_SIZE = (360, 504)
 #: (W, H) of the embedder's whole-card input.
 GLOBAL_SIZE = (96, 128)
 #: (W, H) of the embedder's footer-strip input.
@@ -69,6 +71,20 @@ def rectify(frame: np.ndarray, quad: np.ndarray, size: tuple[int, int] = CANONIC
         hm = card_homography(q * f, size)
         frame = small
     return cv2.warpPerspective(frame, hm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def evidence_size(quad: np.ndarray) -> tuple[int, int]:
+    """(W, H) of the crop the server gets for a card under ``quad``: the card's own height in the frame,
+    between ``CANONICAL_SIZE`` and ``EVIDENCE_MAX_SIZE``.
+
+    Why: what the server still has to decide is a reprint contest fought over a few thin glyphs (a one-digit
+    collector number, a set symbol). The embedder's 268-px crop throws away up to half the pixels a
+    scanner-box camera has of them; a crop at the card's own resolution keeps them (and costs one warp, for
+    ambiguous cards only)."""
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    height = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    h = int(round(min(max(height, CANONICAL_SIZE[1]), EVIDENCE_MAX_SIZE[1])))
+    return int(round(h * CARD_ASPECT)), h
 
 
 def embedder_views(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

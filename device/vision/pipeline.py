@@ -26,7 +26,7 @@ from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
                                     crop_reject, geometry_reject, inside_fraction, soft_failure)
 from device.vision.embedder import Embedder
-from device.vision.geometry import is_landscape, rectify
+from device.vision.geometry import evidence_size, is_landscape, rectify
 from device.vision.matcher import CatalogMatcher, Match
 
 TOP_K = 5
@@ -45,6 +45,9 @@ class CardResult:
     # the soft gate failure this card passed with (glare | too_blurry | partially_out_of_view), None when clean:
     # such a card is never accepted, and the console and the server see why
     quality_flag: str | None = None
+    # ambiguous cards: the card rectified at its own resolution in the frame (geometry.evidence_size), the
+    # crop the server's resolver gets instead of the embedder's ``crop``
+    evidence: np.ndarray | None = None
 
     def to_json(self) -> dict:
         d = {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
@@ -56,9 +59,11 @@ class CardResult:
         return d
 
     def crop_jpeg(self, quality: int = 85) -> bytes | None:
-        if self.crop is None:
+        """The JPEG an ambiguous scan carries: ``evidence`` when there is one, else ``crop``."""
+        img = self.evidence if self.evidence is not None else self.crop
+        if img is None:
             return None
-        ok, buf = cv2.imencode(".jpg", self.crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
         return buf.tobytes() if ok else None
 
 
@@ -200,8 +205,9 @@ class VisionPipeline:
                     rejected.append((quad, flag))
                     continue
                 # card_id: the decided card (accept) or the best guess (ambiguous); None for no_card
+                evidence = rectify(frame, quad, evidence_size(quad)) if dec == "ambiguous" else None
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
-                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag))
+                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag, evidence))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

@@ -358,8 +358,7 @@ def calibration_rows(system: FinalAnswerSystem, catalog: str, ids: list[str], n:
                 except Exception:  # refused by the protocol: never reaches the resolver
                     continue
                 img = cv2.imdecode(np.frombuffer(row.crop, np.uint8), cv2.IMREAD_COLOR)
-                canon, _, sims = system.resolver.shortlist(img, _device_candidates(row))
-                cids, X, _ = system.resolver.features(canon, sims)
+                _, cids, X, _ = system.resolver.evidence(img, _device_candidates(row))
                 rows.append({"card_id": gt["card_id"], "ids": cids, "X": X})
     return rows
 

@@ -56,8 +56,7 @@ def simulate(resolver, cards: list[str], seed: int, strength: float = 1.0, devic
             ill = resolver.meta.get(cid, {}).get("illustration_id") or cid
             dev = list(resolver.by_ill.get(ill, [cid]))[:8]
         t = time.perf_counter()
-        canon, _, sims = resolver.shortlist(crop, dev)
-        ids, X, detail = resolver.features(canon, sims)
+        canon, ids, X, detail = resolver.evidence(crop, dev)
         rows.append({"card_id": cid, "ids": ids, "X": X, "crop": canon, "ms_features": (time.perf_counter() - t) * 1000})
     return rows
 

@@ -108,8 +108,12 @@ class Resolver:
     # --- candidates ----------------------------------------------------------------------------------
 
     def embed_views(self, crop: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """The crop in canonical size, upright and turned 180°, and the server embeddings of both."""
-        c = V.to_canon(crop)
+        """The crop in canonical size, upright and turned 180°, and the server embeddings of both.
+
+        Search and keypoints see the crop at most at the device crop's resolution (``V.search_res``): the
+        embedder and the calibration were fitted on such crops; the finer pixels of a larger crop serve the
+        region comparison (``features(..., fine=...)``)."""
+        c = V.to_canon(V.search_res(crop))
         views = [c, cv2.rotate(c, cv2.ROTATE_180)]
         return views, self.embedder.embed_images(views)
 
@@ -151,11 +155,15 @@ class Resolver:
 
     # --- features ------------------------------------------------------------------------------------
 
-    def features(self, crop_canon: np.ndarray, sims: dict[str, float]) -> tuple[list[str], np.ndarray, dict]:
+    def features(self, crop_canon: np.ndarray, sims: dict[str, float],
+                 fine: np.ndarray | None = None) -> tuple[list[str], np.ndarray, dict]:
+        """``fine``: the same view of the crop from its full resolution, for the region comparisons."""
         ids = [c for c in sims if c in self.catalog]
         if not ids:
             return [], np.zeros((0, len(FEATURES))), {}
         qf = V.extract(crop_canon)
+        if fine is not None:
+            qf = V.Features(V.gray_canon(fine), kp=qf.kp, des=qf.des)
         feats = {c: self.catalog.features(c) for c in ids}
         if self.config.pool_same_art:
             # Printings of one illustration share the art, so their keypoint evidence differs only by RANSAC
@@ -205,7 +213,10 @@ class Resolver:
         # Compare with the catalog faces blurred as much as this crop is (defocus, motion, low resolution).
         sigma = V.estimate_blur(V.align(qf.gray, H), feats[ref].gray) if (ref is not None and self.config.match_blur) else 0.0
         norms = {c: feats[c].norm_at(sigma) for c in contenders}
-        region = V.pairwise_region_scores(aligned, feats, contenders, norms, grow=int(round(sigma)))
+        # the crop as the device rectified it competes with the homography's alignment patch by patch: a
+        # homography fitted on the art can be far off at the card's foot
+        views = [q_al] if H is None else [q_al, qf.norm]
+        region = V.pairwise_region_scores(views, feats, contenders, norms, grow=int(round(sigma)))
         fm = V.zone_mask("footer")
         footer = {c: (V.ncc(aligned[c], norms[c], fm) if c in aligned else 0.0) for c in ids}
         best_footer = max(footer[c] for c in contenders)
@@ -234,8 +245,7 @@ class Resolver:
         development run — the device's own ranking is what made it unsure."""
         t0 = time.perf_counter()
         embedded = self.embed_views(crop)
-        canon, _, sims = self.shortlist(crop, device_candidates, embedded=embedded)
-        ids, X, detail = self.features(canon, sims)
+        canon, ids, X, detail = self.evidence(crop, device_candidates, embedded=embedded)
         if not ids:
             return Resolution(None, 0.0, "needs_review", [], quad, (time.perf_counter() - t0) * 1000, {"reason": "no candidates"})
         p = self.probabilities(X)
@@ -243,10 +253,7 @@ class Resolver:
             # "None of these" is the likeliest reading: typically a crop whose corners the device got wrong
             # (shifted, zoomed, turned), so neither the device's top-5 nor the embedding's top-10 holds the card.
             # Search wider (both orientations) and keep the wider answer only when it is more confident.
-            canon2, _, sims2 = self.shortlist(crop, device_candidates, top_k=self.config.wide_top_k, both=True,
-                                              max_candidates=self.config.wide_top_k + self.config.max_siblings,
-                                              embedded=embedded)
-            ids2, X2, detail2 = self.features(canon2, sims2)
+            canon2, ids2, X2, detail2 = self.evidence(crop, device_candidates, embedded=embedded, wide=True)
             if ids2:
                 p2 = self.probabilities(X2)
                 if float(p2.max()) > float(p.max()):
@@ -260,6 +267,25 @@ class Resolver:
         status = "resolved" if conf >= self.config.accept_confidence else "needs_review"
         cands = [{"card_id": ids[i], "score": round(float(p[i]), 4)} for i in order[:10]]
         return Resolution(top, round(conf, 4), status, cands, quad, round((time.perf_counter() - t0) * 1000, 1), detail)
+
+    def evidence(self, crop: np.ndarray, device_candidates: Sequence[str] = (), *, wide: bool = False,
+                 embedded: tuple[list[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[str], np.ndarray, dict]:
+        """(oriented canonical crop, shortlist ids, their feature rows, detail) for one crop: what the
+        calibrated logit scores (``resolve_crop``) and what the calibration is fitted on."""
+        embedded = embedded if embedded is not None else self.embed_views(crop)
+        kw = dict(top_k=self.config.wide_top_k, both=True,
+                  max_candidates=self.config.wide_top_k + self.config.max_siblings) if wide else {}
+        canon, _, sims = self.shortlist(crop, device_candidates, embedded=embedded, **kw)
+        ids, X, detail = self.features(canon, sims, self._fine(crop, canon is embedded[0][1]))
+        return canon, ids, X, detail
+
+    @staticmethod
+    def _fine(crop: np.ndarray, turned: bool) -> np.ndarray | None:
+        """The crop at canonical size from all its pixels (None when it has no more than the search view)."""
+        if crop.shape[0] <= V.SEARCH_HEIGHT:
+            return None
+        c = V.to_canon(crop)
+        return cv2.rotate(c, cv2.ROTATE_180) if turned else c
 
     def _ocr_tiebreak(self, canon, ids, p, order, conf, top, detail):
         """When the top contenders stay close, a legible collector number that matches exactly one wins."""

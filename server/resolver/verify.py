@@ -48,6 +48,20 @@ def to_canon(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, CANON, interpolation=interp)
 
 
+# The device's embedder crop height (device.vision.geometry.CANONICAL_SIZE): the server embedder, the ORB
+# settings and the calibration were fitted on crops of this resolution. A device sends ambiguous scans at
+# the card's own resolution (up to CANON); search and keypoints still see them at this height.
+SEARCH_HEIGHT = 268
+
+
+def search_res(img: np.ndarray) -> np.ndarray:
+    """``img`` reduced (area average) to at most ``SEARCH_HEIGHT`` rows, aspect kept."""
+    if img.shape[0] <= SEARCH_HEIGHT:
+        return img
+    f = SEARCH_HEIGHT / img.shape[0]
+    return cv2.resize(img, (max(1, round(img.shape[1] * f)), SEARCH_HEIGHT), interpolation=cv2.INTER_AREA)
+
+
 def normalise(gray: np.ndarray, sigma: float = 6.0) -> np.ndarray:
     """Local contrast normalisation: (g - local mean) / local std; float32."""
     g = gray.astype(np.float32)
@@ -338,13 +352,15 @@ def estimate_blur(q_gray_aligned: np.ndarray, ref_gray: np.ndarray) -> float:
     return best_s
 
 
-def pairwise_region_scores(q_aligned: dict[str, np.ndarray], feats: dict[str, Features],
+def pairwise_region_scores(q_views: list[np.ndarray], feats: dict[str, Features],
                            contenders: list[str], norms: dict[str, np.ndarray] | None = None,
                            grow: int = 0) -> dict[str, float]:
     """Mean pairwise win of each contender against the others within their differing pixels.
 
-    win(a, b) = NCC(q->a, a | D_ab) - NCC(q->b, b | D_ab), with q->x the query aligned to x. Positive means
-    the crop looks more like a than like b exactly where a and b differ.
+    win(a, b) = NCC(q, a | D_ab) - NCC(q, b | D_ab) per differing patch (``_region_win``), with q the query
+    aligned to the contenders (``q_views``: the homography-aligned crop first, then other readings such as
+    the crop as the device rectified it; each patch uses the one that fits its surroundings best). Positive
+    means the crop looks more like a than like b exactly where a and b differ.
     """
     out = {c: 0.0 for c in contenders}
     if len(contenders) < 2:
@@ -356,27 +372,88 @@ def pairwise_region_scores(q_aligned: dict[str, np.ndarray], feats: dict[str, Fe
             m = diff_mask(feats[a], feats[b], grow=grow)
             if m is None:
                 continue  # identical faces (same image): nothing can tell them apart here
-            w = _patch_win(q_aligned[a], nrm[a], nrm[b], m)
-            if w is None:
-                w = ncc(q_aligned[a], nrm[a], m) - ncc(q_aligned[b], nrm[b], m)
+            w = _region_win(q_views, nrm[a], nrm[b], m)
             wins[a].append(w)
             wins[b].append(-w)
     return {c: (float(np.mean(v)) if v else 0.0) for c, v in wins.items()}
 
 
-def _patch_win(q: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, slack: int = 5,
+def _region_win(q_views: list[np.ndarray], a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
+    """a's win over b in the crop where they differ: each separate differing patch (set symbol, collector
+    number, a rarity mark...) is located and template-matched on its own, the wins weighted by the patch's
+    area.
+
+    Why per patch: reprints differ in a set symbol mid-card and a number at the foot; one box around both is
+    mostly identical art, which dilutes the few differing pixels to nothing and makes one alignment serve
+    both places."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    if n > 1 + MAX_PATCHES:
+        n = 0  # differences everywhere (another layout): one masked comparison of the whole
+    wins, weights = [], []
+    for k in range(1, n):
+        x, y, w, h, area = stats[k]
+        if area < 16:
+            continue
+        sub = np.zeros_like(m)
+        sub[y:y + h, x:x + w] = lab[y:y + h, x:x + w] == k
+        win = _patch_win(q_views, a, b, sub)
+        if win is None:
+            break  # one patch too large for template matching: compare the whole mask instead
+        wins.append(win)
+        weights.append(float(area))
+    else:
+        if wins:
+            return float(np.average(wins, weights=weights))
+    pw = _patch_win(q_views, a, b, m)
+    q = q_views[0]
+    return pw if pw is not None else ncc(q, a, m) - ncc(q, b, m)
+
+
+MAX_PATCHES = 8
+# Local re-alignment of a differing patch: the faces' shared surroundings (CONTEXT_PX around the patch) are
+# found in the crop within SEARCH_PX. A homography fitted on the art alone can be 20-30 px off at the foot of
+# a full-art card (where the collector number is); a match below LOCATE_MIN keeps the global alignment.
+CONTEXT_PX = 28
+SEARCH_PX = 32
+LOCATE_MIN = 0.3
+
+
+def _locate(q_views: list[np.ndarray], ctx: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, int, int]:
+    """(view, dy, dx): where the context ``ctx`` (face pixels at ``box`` = y0, y1, x0, x1) lies in the best
+    fitting crop view."""
+    y0, y1, x0, x1 = box
+    best = (LOCATE_MIN, q_views[0], 0, 0)
+    for q in q_views:
+        H, W = q.shape
+        sy0, sy1, sx0, sx1 = max(0, y0 - SEARCH_PX), min(H, y1 + SEARCH_PX), max(0, x0 - SEARCH_PX), min(W, x1 + SEARCH_PX)
+        region = np.ascontiguousarray(q[sy0:sy1, sx0:sx1])
+        if region.shape[0] < ctx.shape[0] or region.shape[1] < ctx.shape[1]:
+            continue
+        _, mx, _, loc = cv2.minMaxLoc(cv2.matchTemplate(region, ctx, cv2.TM_CCOEFF_NORMED))
+        if mx > best[0]:
+            best = (mx, q, sy0 + loc[1] - y0, sx0 + loc[0] - x0)
+    return best[1], best[2], best[3]
+
+
+def _patch_win(q_views: list[np.ndarray], a: np.ndarray, b: np.ndarray, m: np.ndarray, slack: int = 5,
                max_frac: float = 0.25) -> float | None:
     """Template-match a's and b's differing patch in the crop, allowing a few pixels of residual shift.
 
     Differences like a collector number are a few pixels tall: a 2-3 px alignment error would swamp a
-    fixed-position comparison, so each candidate's patch may slide by ``slack`` px and keeps its best score.
+    fixed-position comparison, so the patch is first re-located by its surroundings (``_locate``) and then
+    each candidate's patch may slide by ``slack`` px and keeps its best score.
     None when the differing area is too large for one patch (then the masked NCC is used)."""
     ys, xs = np.nonzero(m)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     if (y1 - y0) * (x1 - x0) > max_frac * m.size or (y1 - y0) < 4 or (x1 - x0) < 4:
         return None
-    H, W = q.shape
-    sy0, sy1, sx0, sx1 = max(0, y0 - slack), min(H, y1 + slack), max(0, x0 - slack), min(W, x1 + slack)
+    H, W = a.shape
+    cy0, cy1, cx0, cx1 = max(0, y0 - CONTEXT_PX), min(H, y1 + CONTEXT_PX), max(0, x0 - CONTEXT_PX), min(W, x1 + CONTEXT_PX)
+    # the pair's mean face as context: it does not favour either candidate
+    ctx = np.ascontiguousarray(0.5 * (a[cy0:cy1, cx0:cx1] + b[cy0:cy1, cx0:cx1]))
+    q, dy, dx = _locate(q_views, ctx, (cy0, cy1, cx0, cx1))
+    sy0, sy1 = max(0, y0 + dy - slack), min(H, y1 + dy + slack)
+    sx0, sx1 = max(0, x0 + dx - slack), min(W, x1 + dx + slack)
     region = np.ascontiguousarray(q[sy0:sy1, sx0:sx1])
     ta = np.ascontiguousarray(a[y0:y1, x0:x1])
     tb = np.ascontiguousarray(b[y0:y1, x0:x1])

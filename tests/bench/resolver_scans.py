@@ -65,6 +65,10 @@ def time_scans(a) -> int:
     from server.resolver.service import build_resolver
 
     r = build_resolver(a.catalog, a.data_dir)
+    if a.calibration:
+        from server.resolver.resolver import Calibration
+
+        r.calibration = Calibration.load(a.calibration)
     r.config.ocr = False
     rows = [json.loads(line) for line in open(a.scans)]
     if not rows:
@@ -74,10 +78,17 @@ def time_scans(a) -> int:
     r.resolve_crop(imgs[0], rows[0]["device_candidates"])  # load the models; then empty the face cache again
     r.catalog._cache.clear()
     cpu, ok, resolved, resolved_ok = [], 0, 0, 0
+    per_scan = open(a.rows, "w") if a.rows else None
     for x, img in zip(rows, imgs):
         c0 = time.process_time()
         res = r.resolve_crop(img, x["device_candidates"])
         cpu.append((time.process_time() - c0) * 1e3)
+        if per_scan:
+            per_scan.write(json.dumps({"frame": x["frame"], "card_id": x["card_id"], "answer": res.card_id,
+                                       "status": res.status, "confidence": res.confidence,
+                                       "candidates": res.candidates[:5], "crop_hw": list(img.shape[:2]),
+                                       "blur_sigma": res.detail.get("blur_sigma"),
+                                       "contenders": res.detail.get("contenders")}) + "\n")
         ok += res.card_id == x["card_id"]
         if res.status == "resolved":
             resolved += 1
@@ -87,6 +98,35 @@ def time_scans(a) -> int:
            "cpu_ms_median": round(statistics.median(cpu), 1), "cpu_ms_p90": round(float(np.percentile(cpu, 90)), 1),
            "code": str(Path.cwd())}
     print(json.dumps(out))
+    return 0
+
+
+def fit_scans(a) -> int:
+    """Refit the resolver calibration on collected scans (``models.server_model.calibrate.fit``): the same
+    fit as ``models.eval.final --fit-calibration``, without re-running the device on every frame."""
+    import cv2
+
+    from models.server_model.calibrate import evaluate, fit
+    from server.resolver.resolver import FEATURES, Calibration
+    from server.resolver.service import build_resolver
+
+    r = build_resolver(a.catalog, a.data_dir)
+    rows = []
+    for path in a.scans.split(","):
+        for line in open(path):
+            x = json.loads(line)
+            img = cv2.imdecode(np.frombuffer(base64.b64decode(x["crop_jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
+            _, ids, X, _ = r.evidence(img, x["device_candidates"])
+            rows.append({"card_id": x["card_id"], "ids": ids, "X": X})
+    before = evaluate(r, rows, r.config.accept_confidence)
+    w, nb = fit(rows)
+    r.calibration = Calibration({f: float(v) for f, v in zip(FEATURES, w)}, 1.0,
+                                {"n": len(rows), "scans": a.scans, "source": "device-ambiguous scans of simulated "
+                                 "captures (tests/bench/resolver_scans.py collect)", "model_id": r.embedder.model_id,
+                                 "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, nb)
+    after = evaluate(r, rows, r.config.accept_confidence)
+    r.calibration.save(a.out)
+    print("calibration before:", json.dumps(before), "\nafter (train):", json.dumps(after), "\nwrote", a.out)
     return 0
 
 
@@ -105,8 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--scans", required=True)
     t.add_argument("--catalog", default="var/catalog")
     t.add_argument("--data-dir", default="var")
+    t.add_argument("--rows", help="also write one JSON line per scan (truth, answer, shortlist) to this file")
+    t.add_argument("--calibration", help="resolver calibration JSON to use (default: the committed one)")
+    f = sub.add_parser("fit", help="refit the resolver calibration on collected scans")
+    f.add_argument("--scans", required=True, help="one or more collected files, comma-separated")
+    f.add_argument("--catalog", default="var/catalog")
+    f.add_argument("--data-dir", default="var")
+    f.add_argument("--out", required=True, help="calibration JSON to write")
     a = ap.parse_args(argv)
-    return collect(a) if a.cmd == "collect" else time_scans(a)
+    return {"collect": collect, "time": time_scans, "fit": fit_scans}[a.cmd](a)
 
 
 if __name__ == "__main__":
