@@ -128,11 +128,7 @@ class StackTracker:
         # frame's evidence touches the stack (a card that only ever showed glare still counts, once)
         if self._pending() and not self._continues(obs):
             self._decide(events)
-        anchor = self.stack[-1] if self.stack else None
-        # the mat counts as cleared when nothing identified is seen and nothing lies where the top card lay
-        # (a false detection elsewhere on a printed playmat must not keep a stack alive)
-        cleared = not obs.cards and (anchor is None or all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others))
-        if obs.empty or cleared:
+        if obs.empty or self._cleared(obs):
             self._empty_n += 1
             if self._empty_n >= self.cfg.empty_frames and self.stack:
                 events.append(StackEvent("removed", self.stack[-1].card_id, self.frame))
@@ -154,9 +150,7 @@ class StackTracker:
                 self._arrival = True
                 self._disp.append(max(float(np.linalg.norm(c.quad.mean(0) - anchor.quad.mean(0))) for c in moved))
         top = self._top(obs)
-        # other detections away from the top card (not the covered card below it) mean something is moving
-        elsewhere = [c for c in everything if c is not top and (top is None or quad_iou(c.quad, top.quad) < 0.5)]
-        if top is None or elsewhere:
+        if top is None or self._elsewhere(obs, top):
             self._cand = None  # nothing stable this frame (moving / rejected / two cards)
             self._new_window()
             return events
@@ -194,16 +188,23 @@ class StackTracker:
             return False
         return bool(self._clean_votes) or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames
 
-    def _continues(self, obs: Observation) -> bool:
-        """Whether ``obs`` extends the current still window (same checks as ``update``, without side effects)."""
+    def _cleared(self, obs: Observation) -> bool:
+        """The mat counts as cleared when nothing identified is seen and nothing lies where the top card lay
+        (a false detection elsewhere on a printed playmat must not keep a stack alive)."""
         anchor = self.stack[-1] if self.stack else None
-        cleared = not obs.cards and (anchor is None or all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others))
-        if obs.empty or cleared:
+        return not obs.cards and (anchor is None or all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others))
+
+    @staticmethod
+    def _elsewhere(obs: Observation, top: SeenCard) -> bool:
+        """Other detections away from the top card (not the covered card below it): something is moving."""
+        return any(c is not top and quad_iou(c.quad, top.quad) < 0.5 for c in obs.cards + obs.others)
+
+    def _continues(self, obs: Observation) -> bool:
+        """Whether ``obs`` extends the current still window (the checks of ``update``, without its side effects)."""
+        if obs.empty or self._cleared(obs):
             return False
         top = self._top(obs)
-        if top is None or self._cand is None:
-            return False
-        if any(c is not top and quad_iou(c.quad, top.quad) < 0.5 for c in obs.cards + obs.others):
+        if top is None or self._cand is None or self._elsewhere(obs, top):
             return False
         return quad_iou(top.quad, self._cand.quad) >= self.cfg.stable_iou
 
