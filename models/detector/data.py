@@ -7,7 +7,9 @@ Targets (``device.vision.detector`` decodes the same three channels):
   0 face   – visible card face (any card)
   1 kernel – the card quad shrunk about its centre by ``KERNEL_SHRINK``; separates touching/overlapping
              cards; a quad is recovered exactly by scaling the kernel quad back up (perspective-safe:
-             scaling about the vertex centroid is affine)
+             scaling about the vertex centroid is affine). A card partly covered by another (fan-mode
+             captures, neighbours) gets the shrunk *visible part* instead (what the photos' boxes of
+             covered cards give); one less than 45 % visible gets none
   2 top    – the top half of each card face: tells a card from its 180°-rotated self
 Weights: 0 = ignore (ring around weak boxes, orientation of playing cards), 1 = use.
 
@@ -71,15 +73,36 @@ def targets_from_quads(cards: list[dict], z_order: list[int], s: float, off: tup
     face = np.zeros((oh, ow), np.uint8)
     kern = np.zeros((oh, ow), np.uint8)
     top = np.zeros((oh, ow), np.uint8)
+    owner = np.zeros((oh, ow), np.uint8)  # 1 + index of the card on top at each supersample
     for i in z_order:
         q = np.asarray(cards[i]["quad"], np.float32) + shift
         _fill(face, q, 1, r)
-        _fill(kern, q, 0, r)
+        _fill(owner, q, i + 1, r)
         _fill(top, q, 0, r)
-        if cards[i].get("visible", 1.0) >= min_visible:
-            _fill(kern, shrink(q), 1, r)
         half = np.array([q[0], q[1], (q[1] + q[2]) / 2, (q[0] + q[3]) / 2])
         _fill(top, half, 1, r)
+    for i in z_order:
+        if cards[i].get("visible", 1.0) < min_visible:
+            continue  # mostly covered: face only, no instance
+        q = np.asarray(cards[i]["quad"], np.float32) + shift
+        full = np.zeros_like(owner)
+        _fill(full, q, 1, r)
+        vis = owner == i + 1
+        if not (full.astype(bool) & ~vis).any():
+            _fill(kern, shrink(q), 1, r)  # not covered by another card (frame clipping aside): as ever
+            continue
+        # Covered by another card: the kernel is the *visible part* shrunk about its own centroid (and kept
+        # inside it), as the photos' boxes of covered cards (visible part) give it. The device then
+        # reconstructs the visible part, leaves a gap to the kernel of the card on top, and a kernel cut into
+        # a non-convex shape (a covered corner) reads as ``occluded`` at its gate (solidity).
+        m = cv2.moments(vis.astype(np.uint8), binaryImage=True)
+        if m["m00"] <= 0:
+            continue
+        cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
+        k = KERNEL_SHRINK
+        sm = cv2.warpAffine(vis.astype(np.uint8), np.array([[k, 0, cx * (1 - k)], [0, k, cy * (1 - k)]], np.float32),
+                            (ow, oh), flags=cv2.INTER_NEAREST)
+        kern[(sm > 0) & vis] = 1
     y = np.stack([_soft(face), _soft(kern), _soft(top)])
     return y, np.ones_like(y)
 
@@ -209,9 +232,11 @@ def build_photos(out: str, seed: int, repeats: int = 3, corner_ignore: bool = Tr
 
 
 def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6,
-          real_frac: float = 0.25) -> dict:
+          real_frac: float = 0.25, fan_frac: float = 0.0) -> dict:
     """``real_frac`` of the simulated frames show only the real sv1 scans (rounded corners, silver borders,
-    real print texture): the renders alone under-represent what real cards look like."""
+    real print texture): the renders alone under-represent what real cards look like. ``fan_frac`` of them
+    are fan-mode captures (2-5 overlapping cards: spread / fanned hand / pile, ``CaptureConfig.fan_layouts``);
+    0 keeps the old mix frame for frame."""
     t0 = time.time()
     ids = catalog_ids(catalog_dir)
     from models.synth.catalog import read_index
@@ -220,9 +245,11 @@ def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo
     real_ids = [c for c in ids if idx.get(c, {}).get("real_scan")] or ids
     base = CaptureConfig(size=(320, 240))
     cfgs = [base.model_copy(update={"mode": "free"}), base.model_copy(update={"mode": "grid"}),
-            base.model_copy(update={"mode": "scanner_box"})]
-    # free 55 % (with neighbours), grid 30 %, scanner box 15 %
-    mode_of = lambda i: cfgs[0] if i % 20 < 11 else (cfgs[1] if i % 20 < 17 else cfgs[2])
+            base.model_copy(update={"mode": "scanner_box"}), base.model_copy(update={"mode": "fan"})]
+    # free 55 % (with neighbours), grid 30 %, scanner box 15 % (of the frames that are not fan frames)
+    n_fan = int(round(n * fan_frac))
+    mode_of = lambda i: (cfgs[3] if (i * 104729 + 17) % n < n_fan else
+                         cfgs[0] if i % 20 < 11 else (cfgs[1] if i % 20 < 17 else cfgs[2]))
     n_real = int(round(n * real_frac))
     jobs = [(catalog_dir, real_ids if (i * 7919) % n < n_real else ids, seed, i, mode_of(i)) for i in range(n)]
     with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
@@ -250,10 +277,12 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--photo-repeats", type=int, default=6, help="augmented copies of each TRAIN photo")
+    ap.add_argument("--real-frac", type=float, default=0.25, help="share of simulated frames with only real sv1 scans")
+    ap.add_argument("--fan-frac", type=float, default=0.0, help="share of simulated frames in fan mode (overlapping cards)")
     ap.add_argument("--photos-only", action="store_true",
                     help="only the TRAIN photos, boxes as octagon-with-ignored-corners targets (fine-tuning)")
     a = ap.parse_args()
     if a.photos_only:
         print(json.dumps(build_photos(a.out, a.seed, a.photo_repeats)))
     else:
-        print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers, a.photo_repeats)))
+        print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers, a.photo_repeats, a.real_frac, a.fan_frac)))

@@ -31,9 +31,10 @@ class CaptureConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: tuple[int, int] = Field((640, 480), description="Frame size (W, H) in pixels, e.g. (640, 480) or (1280, 720).")
-    mode: Literal["free", "scanner_box", "grid"] = Field(
+    mode: Literal["free", "scanner_box", "grid", "fan"] = Field(
         "free", description="free: hand-held photo (any rotation, tilt); scanner_box: fixed camera above a tray "
-        "(small rotation, fixed distance); grid: up to 9 cards as a binder page / table grid.")
+        "(small rotation, fixed distance); grid: up to 9 cards as a binder page / table grid; fan: 2-5 cards "
+        "overlapping on one table plane, each partly covering the one below (see fan_layouts).")
     max_tilt_deg: float = Field(40.0, ge=0, le=60, description="Max out-of-plane tilt of the card (free mode), degrees.")
     scale_range: tuple[float, float] = Field((0.2, 0.8), description="Card height as a fraction of frame height (free mode).")
     scanner_box_rotation_deg: float = Field(10.0, ge=0, description="Max in-plane rotation in scanner_box mode, degrees.")
@@ -42,6 +43,15 @@ class CaptureConfig(BaseModel):
     grid_scale_range: tuple[float, float] = Field((0.7, 0.95), description="Grid height / frame height in grid mode.")
     grid_max_tilt_deg: float = Field(20.0, ge=0, description="Max tilt of the whole page in grid mode, degrees.")
     max_cards: int = Field(9, ge=1, le=9, description="Most cards placed in one frame.")
+    fan_cards: tuple[int, int] = Field((2, 5), description="fan mode: fewest and most cards in the overlapping group.")
+    fan_layouts: list[Literal["spread", "hand", "pile"]] = Field(
+        default_factory=lambda: ["spread", "hand", "pile"],
+        description="fan mode arrangements, drawn uniformly: spread = cards side by side, each shifted 15-65 % of a "
+        "card width over the previous one (a hand laid down); hand = cards pivoting about a point near their "
+        "bottom edge, 6-22 degrees apart (a fanned hand); pile = cards dropped with random offsets and rotations. "
+        "Labels keep every card's full face quad; ``visible`` is the share of the face not covered by the cards "
+        "above it (a covered card is not scannable: the evaluation needs >= 0.9, and the device's kernel of it "
+        "is only the visible part, see models.detector.data).")
     backgrounds: list[BackgroundKind] = Field(
         default_factory=lambda: ["wood", "cloth", "playmat", "noise", "photo"],
         description="Background kinds to draw from (photo = real photographs shipped with installed packages; "
@@ -438,6 +448,8 @@ def _plan(n: int, rng: np.random.Generator, cfg: CaptureConfig) -> tuple[list[di
             plans.append(dict(local=(lx, ly), height=ch, rot=rot + float(rng.normal(0, 1.5)), page_rot=rot, tilt=tilt,
                               center=center))
         return plans, {"focal": focal, "grid": [rows, cols]}
+    if cfg.mode == "fan":
+        return _plan_fan(n, rng, cfg, focal)
     # free
     ch = h * rng.uniform(*cfg.scale_range)
     rot = float(rng.uniform(-180, 180))
@@ -455,6 +467,59 @@ def _plan(n: int, rng: np.random.Generator, cfg: CaptureConfig) -> tuple[list[di
     return plans, {"focal": focal}
 
 
+def _plan_fan(n: int, rng: np.random.Generator, cfg: CaptureConfig, focal: float) -> tuple[list[dict], dict]:
+    """Overlapping cards on one table plane. Card 0 lies on top (drawn last), card n-1 at the bottom; each
+    card is placed relative to the one above it, so every card but the top one is partly covered."""
+    w, h = cfg.size
+    layout = str(cfg.fan_layouts[int(rng.integers(len(cfg.fan_layouts)))])
+    ch = h * rng.uniform(cfg.scale_range[0], 0.5 * (cfg.scale_range[0] + cfg.scale_range[1]) + 0.1)
+    cw = ch * CARD_ASPECT
+    centres, rots = [np.zeros(2)], [0.0]
+    if layout == "spread":
+        step = rng.uniform(0.15, 0.65) * cw
+        dirn = float(rng.choice([-1.0, 1.0]))
+        for i in range(1, n):
+            centres.append(centres[-1] + [dirn * step * rng.uniform(0.85, 1.15), rng.normal(0, 0.04 * ch)])
+            rots.append(float(rng.normal(0, 3.0)))
+    elif layout == "hand":
+        pivot = np.array([rng.normal(0, 0.1 * cw), ch * rng.uniform(0.25, 0.48)])  # below the centre (y down)
+        step = float(rng.uniform(6, 22)) * float(rng.choice([-1.0, 1.0]))
+        for i in range(1, n):
+            a = math.radians(step * i + rng.normal(0, 1.5))
+            r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+            centres.append(pivot + r @ (centres[0] - pivot))
+            rots.append(math.degrees(a))
+    else:  # pile
+        for i in range(1, n):
+            ang = rng.uniform(0, 2 * np.pi)
+            d = ch * rng.uniform(0.2, 0.6)
+            centres.append(centres[-1] + d * np.array([math.cos(ang), math.sin(ang)]))
+            rots.append(rots[-1] + float(rng.uniform(-45, 45)))
+    c = np.array(centres)
+    c -= (c.min(0) + c.max(0)) / 2
+    page_rot = float(rng.uniform(-180, 180))
+    tilt = (float(rng.uniform(-1, 1) * cfg.max_tilt_deg * 0.6), float(rng.uniform(-1, 1) * cfg.max_tilt_deg * 0.6))
+    # extent of the group after the page rotation: shrink it (cards and offsets) to fit ~90 % of the frame
+    corners = []
+    base = np.array([[-cw, -ch], [cw, -ch], [cw, ch], [-cw, ch]]) / 2
+    for ci, ri in zip(c, rots):
+        a = math.radians(ri + page_rot)
+        r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        pr = math.radians(page_rot)
+        rp = np.array([[math.cos(pr), -math.sin(pr)], [math.sin(pr), math.cos(pr)]])
+        corners.append(base @ r.T + rp @ ci)
+    corners = np.vstack(corners)
+    ext = corners.max(0) - corners.min(0)
+    f = min(1.0, 0.9 * w / ext[0], 0.9 * h / ext[1])
+    ch, cw, c, ext = ch * f, cw * f, c * f, ext * f
+    mid = (corners.max(0) + corners.min(0)) / 2 * f
+    slack = np.maximum(np.array([w, h]) * 0.95 - ext, 0) / 2
+    center = (float(w / 2 - mid[0] + rng.uniform(-1, 1) * slack[0]), float(h / 2 - mid[1] + rng.uniform(-1, 1) * slack[1]))
+    plans = [dict(local=(float(c[i, 0]), float(c[i, 1])), height=ch * rng.uniform(0.99, 1.01), rot=page_rot + rots[i],
+                  page_rot=page_rot, tilt=tilt, center=center) for i in range(n)]
+    return plans, {"focal": focal, "fan_layout": layout}
+
+
 def simulate_capture(card_images: list[np.ndarray], card_ids: list[str], rng: np.random.Generator,
                      config: CaptureConfig | None = None) -> tuple[np.ndarray, dict]:
     """One simulated camera frame containing ``card_images`` (first = main card in free mode).
@@ -467,16 +532,20 @@ def simulate_capture(card_images: list[np.ndarray], card_ids: list[str], rng: np
     if len(card_images) != len(card_ids) or not card_images:
         raise ValueError("card_images and card_ids must be non-empty and of equal length")
     w, h = cfg.size
-    n = min(len(card_images), cfg.max_cards if cfg.mode == "grid" else len(card_images))
+    n = min(len(card_images), cfg.max_cards if cfg.mode == "grid" else (cfg.fan_cards[1] if cfg.mode == "fan" else len(card_images)))
     frame, bg = sample_background(rng, cfg)
     plans, gp = _plan(n, rng, cfg)
     params: dict = {"mode": cfg.mode, "size": [w, h], "background": bg, **gp, "cards": []}
     tags: list[str] = []
-    ls = 0.25  # label map resolution: visibility is a ratio, a quarter-res raster is plenty
+    ls = 0.5 if cfg.mode == "fan" else 0.25  # label map resolution: visibility is a ratio, a quarter-res raster is plenty (overlapping cards: half-res)
     label = np.zeros((int(h * ls), int(w * ls)), np.uint8)  # 0 = nothing, i + 1 = card i, 255 = finger
     order = list(range(n))
     if cfg.mode == "free" and n > 1:
         rng.shuffle(order)  # neighbours land under or over the main card
+    elif cfg.mode == "fan":
+        order = order[::-1]  # card 0 on top
+        if gp["fan_layout"] == "pile" and rng.random() < 0.3:
+            rng.shuffle(order)  # a loose pile: any card may be on top
     faces: dict[int, np.ndarray] = {}
     for i in order:
         pl = plans[i]
@@ -489,7 +558,7 @@ def simulate_capture(card_images: list[np.ndarray], card_ids: list[str], rng: np
         fc = face_obj.mean(0)
         outline = (np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32) - fc) * k
         face_local = (face_obj - fc) * k
-        if cfg.mode == "grid":
+        if cfg.mode in ("grid", "fan"):
             # Rotate each card about its own centre, then place it in the page and project the page.
             r = math.radians(pl["rot"] - pl["page_rot"])
             rm = np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
@@ -525,6 +594,8 @@ def simulate_capture(card_images: list[np.ndarray], card_ids: list[str], rng: np
                           "visible": round(min(1.0, vis), 4), "holder": next(c["holder"] for c in params["cards"] if c["index"] == i)})
     if n > 1 and cfg.mode == "free":
         tags.append("overlap" if cards_out[0]["visible"] < 0.98 else "neighbours")
+    elif cfg.mode == "fan":
+        tags += ["overlap", gp["fan_layout"]]
     elif cards_out[0]["visible"] < 0.9:
         tags.append("occluded")
     params["distortions"] = sorted(set(tags))

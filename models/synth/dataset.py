@@ -54,6 +54,8 @@ def pick_cards(rng: np.random.Generator, ids: list[str], cfg: CaptureConfig) -> 
     """How many and which cards a frame shows (drawn from the frame's own rng)."""
     if cfg.mode == "grid":
         k = int(rng.integers(2, cfg.max_cards + 1))
+    elif cfg.mode == "fan":
+        k = int(rng.integers(max(2, cfg.fan_cards[0]), max(2, cfg.fan_cards[1]) + 1))
     elif cfg.mode == "free" and rng.random() < cfg.p_neighbours:
         k = 1 + int(rng.integers(1, 3))
     else:
