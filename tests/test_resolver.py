@@ -378,3 +378,13 @@ def test_resolver_settings_validate():
     assert ResolverSettings().accept_confidence == 0.9
     with pytest.raises(ValidationError):
         ResolverSettings(bogus=1)
+
+
+def test_device_evidence_crop_size_is_the_resolvers_comparison_size():
+    """The device cannot import the server: its cap on the crop it sends mirrors the resolver's size."""
+    from device.vision.geometry import CANONICAL_SIZE, EVIDENCE_MAX_SIZE
+    from server.resolver import verify as V
+
+    assert EVIDENCE_MAX_SIZE == V.CANON and V.SEARCH_HEIGHT == CANONICAL_SIZE[1]
+    big = np.zeros((480, 344, 3), np.uint8)
+    assert V.search_res(big).shape[:2] == (CANONICAL_SIZE[1], round(344 * CANONICAL_SIZE[1] / 480))

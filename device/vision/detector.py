@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from device.vision.geometry import CARD_ASPECT, order_quad, portrait_quad
+from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrait_quad
 
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
 OUTPUT_STRIDE = 4
@@ -508,7 +508,7 @@ class ContourDetector(Detector):
 
 def _card_like(q: np.ndarray, tol: float = 0.3) -> bool:
     wd = 0.5 * (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
-    ht = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    ht = card_height(q)
     if ht <= 0:
         return False
     return abs(wd / ht - CARD_ASPECT) < tol * CARD_ASPECT * 1.5
@@ -577,11 +577,6 @@ class GateConfig(BaseModel):
 
 #: gate failures that can be soft (``soft_failure``); too_small and occluded are always hard
 SOFT_REASONS = ("partially_out_of_view", "too_blurry", "glare")
-
-
-def card_height(quad: np.ndarray) -> float:
-    q = np.asarray(quad, np.float32)
-    return float(0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])))
 
 
 def geometry_reject(det: Detection, frame_shape: tuple[int, ...], cfg: GateConfig) -> str | None:

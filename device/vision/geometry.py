@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 CARD_ASPECT = 63.0 / 88.0
-#: (W, H) of the rectified card crop (also the crop shipped with ambiguous scans).
+#: (W, H) of the rectified card crop the embedder sees (ambiguous scans ship ``evidence_size`` crops).
 CANONICAL_SIZE = (192, 268)
-#: (W, H) at most of the crop an ambiguous scan carries to the server (its resolver compares at this size).
+#: (W, H) at most of the crop an ambiguous scan carries to the server (= server.resolver.verify.CANON, the size
+#: its resolver compares at; the device does not import the server).
 EVIDENCE_MAX_SIZE = (360, 504)
 #: (W, H) of the embedder's whole-card input.
 GLOBAL_SIZE = (96, 128)
@@ -59,12 +60,18 @@ def card_homography(quad: np.ndarray, size: tuple[int, int] = CANONICAL_SIZE) ->
     return cv2.getPerspectiveTransform(np.asarray(quad, np.float32).reshape(4, 2), dst)
 
 
+def card_height(quad: np.ndarray) -> float:
+    """Mean length of the card's left and right sides (TL, TR, BR, BL quad), frame pixels."""
+    q = np.asarray(quad, np.float32).reshape(4, 2)
+    return float(0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])))
+
+
 def rectify(frame: np.ndarray, quad: np.ndarray, size: tuple[int, int] = CANONICAL_SIZE) -> np.ndarray:
     """Warp the card under ``quad`` (TL, TR, BR, BL of the card) to an upright ``size`` crop."""
     hm = card_homography(quad, size)
     # Area-average first when the card is much bigger than the crop: a linear warp that minifies aliases.
     q = np.asarray(quad, np.float32).reshape(4, 2)
-    height = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    height = card_height(q)
     if height > 2.2 * size[1]:
         f = 1.6 * size[1] / height
         small = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
@@ -81,9 +88,7 @@ def evidence_size(quad: np.ndarray) -> tuple[int, int]:
     collector number, a set symbol). The embedder's 268-px crop throws away up to half the pixels a
     scanner-box camera has of them; a crop at the card's own resolution keeps them (and costs one warp, for
     ambiguous cards only)."""
-    q = np.asarray(quad, np.float32).reshape(4, 2)
-    height = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
-    h = int(round(min(max(height, CANONICAL_SIZE[1]), EVIDENCE_MAX_SIZE[1])))
+    h = int(round(min(max(card_height(quad), CANONICAL_SIZE[1]), EVIDENCE_MAX_SIZE[1])))
     return int(round(h * CARD_ASPECT)), h
 
 

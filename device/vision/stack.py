@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.vision.geometry import quad_iou
+from device.vision.geometry import card_height, quad_iou
 
 
 @dataclass
@@ -44,8 +44,7 @@ class SeenCard:
 
     @property
     def height(self) -> float:
-        q = self.quad
-        return float(0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])))
+        return card_height(self.quad)
 
     @property
     def area(self) -> float:

@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from device.vision.geometry import CANONICAL_SIZE
+
 log = logging.getLogger(__name__)
 
 CANON = (360, 504)
@@ -48,10 +50,10 @@ def to_canon(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, CANON, interpolation=interp)
 
 
-# The device's embedder crop height (device.vision.geometry.CANONICAL_SIZE): the server embedder, the ORB
-# settings and the calibration were fitted on crops of this resolution. A device sends ambiguous scans at
-# the card's own resolution (up to CANON); search and keypoints still see them at this height.
-SEARCH_HEIGHT = 268
+# The device's embedder crop height: the server embedder, the ORB settings and the calibration were fitted on
+# crops of this resolution. A device sends ambiguous scans at the card's own resolution (up to CANON, which
+# device.vision.geometry.EVIDENCE_MAX_SIZE mirrors); search and keypoints still see them at this height.
+SEARCH_HEIGHT = CANONICAL_SIZE[1]
 
 
 def search_res(img: np.ndarray) -> np.ndarray:
