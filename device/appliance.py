@@ -77,6 +77,7 @@ def scan_fields(card, bundle_version: str) -> dict:
         candidates=[{"card_id": c, "score": max(-1.0, min(1.0, s))} for c, s in card.candidates],
         quad=[(float(x), float(y)) for x, y in card.quad],
         crop=card.crop_jpeg() if card.decision == "ambiguous" else None,
+        crop_margin=getattr(card, "crop_margin", 0.0) if card.decision == "ambiguous" else 0.0,
         quality_flag=getattr(card, "quality_flag", None),
         bundle_version=bundle_version, captured_at=datetime.now(timezone.utc))
 

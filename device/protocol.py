@@ -139,6 +139,11 @@ class Scan(BaseModel):
     candidates: list[Candidate] = Field(default_factory=list, description="Top-k shortlist, best first.", max_length=20)
     quad: list[tuple[float, float]] | None = Field(None, description="Card corners in the frame (TL, TR, BR, BL).")
     crop: Base64Bytes | None = Field(None, description="Rectified card crop (JPEG, base64), only when ambiguous.")
+    crop_margin: float = Field(
+        0.0, description="Border of frame pixels the crop keeps around the card's quad, per side, as a fraction "
+        "of the card's width (left, right) and height (top, bottom): the card is the crop's inner "
+        "1/(1+2·margin). 0: the crop is exactly the quad. Servers before this field refuse it (extra fields are "
+        "forbidden): update the server before the devices.", ge=0.0, le=0.25)
     quality_flag: str | None = Field(
         None, description="Soft quality-gate failure the card was identified despite (glare | too_blurry | "
         "partially_out_of_view); such a scan is never accepted by the device. None when the frame was clean.",
@@ -170,6 +175,12 @@ class Scan(BaseModel):
         if v is not None and len(v) != 4:
             raise ValueError("quad needs exactly 4 corners")
         return v
+
+    @model_validator(mode="after")
+    def _margin_needs_crop(self) -> "Scan":
+        if self.crop_margin and self.crop is None:
+            raise ValueError("crop_margin without a crop")
+        return self
 
     @model_validator(mode="after")
     def _accept_needs_card(self) -> "Scan":

@@ -388,3 +388,61 @@ def test_device_evidence_crop_size_is_the_resolvers_comparison_size():
     assert EVIDENCE_MAX_SIZE == V.CANON and V.SEARCH_HEIGHT == CANONICAL_SIZE[1]
     big = np.zeros((480, 344, 3), np.uint8)
     assert V.search_res(big).shape[:2] == (CANONICAL_SIZE[1], round(344 * CANONICAL_SIZE[1] / 480))
+
+
+def test_surround_aligns_like_the_card_and_adds_the_border():
+    """With the identity homography the surround's warp is the card itself; beyond the card it holds the frame."""
+    from device.vision.geometry import margin_box, padded_size
+    from server.resolver import verify as V
+
+    rng = np.random.default_rng(5)
+    m = 0.1
+    padded = rng.integers(0, 255, (*padded_size(V.CANON, m)[::-1], 3), dtype=np.uint8)
+    padded = cv2.GaussianBlur(padded, (0, 0), 3)
+    card, whole = V.split_margin(padded, m)
+    x0, y0, x1, y1 = margin_box((padded.shape[1], padded.shape[0]), m)
+    assert whole is padded and abs(card.shape[1] - (x1 - x0)) <= 1 and abs(card.shape[0] - (y1 - y0)) <= 1
+    s = V.Surround.of(padded, m)
+    same = s.align("gray", np.eye(3))
+    assert np.abs(same.astype(np.int16) - V.gray_canon(card).astype(np.int16)).mean() < 3
+    # a homography that shrinks the card by 20 % about its centre shows the border in the margin's place
+    c = np.array([[0.8, 0, 0.1 * V.CANON[0]], [0, 0.8, 0.1 * V.CANON[1]], [0, 0, 1]])
+    shrunk = s.align("gray", c)
+    assert np.abs(shrunk.astype(np.int16) - cv2.resize(s.gray, V.CANON, interpolation=cv2.INTER_AREA)
+                  .astype(np.int16)).mean() < 8
+    assert V.split_margin(padded, 0.0) == (padded, None)
+    with pytest.raises(ValueError):
+        V.split_margin(padded[:10, :10], 0.25)
+
+
+def test_margin_lets_the_resolver_compare_a_foot_the_quad_cut_off(resolver):
+    """A device quad drawn 12 % short leaves the collector number out of the crop. Sent with a margin
+    (``Scan.crop_margin``), the homography alignment takes the foot from the frame around the quad: the true
+    printing's footer matches again, and the answers are as right as the cut crop's or better."""
+    from device.vision.geometry import EVIDENCE_MARGIN, rectify
+    from models.synth.capture import CaptureConfig, simulate_capture
+    from server.resolver.resolver import FEATURES
+
+    cfg = CaptureConfig(mode="scanner_box", p_fingers=0, p_glare=0, p_motion_blur=0, p_defocus=0,
+                        backgrounds=["wood", "cloth"])
+    rng = np.random.default_rng(11)
+    fi = FEATURES.index("footer")
+    right = {"margin": 0, "cut": 0}
+    footer = {"margin": [], "cut": []}
+    for group in _reprint_pairs(resolver)[:6]:
+        for cid in group[:2]:
+            frame, labels = simulate_capture([resolver.catalog.image(cid)], [cid], rng, cfg)
+            q = np.array(labels["cards"][0]["quad"], np.float32)
+            short = q.copy()
+            short[3] = q[0] + 0.88 * (q[3] - q[0])
+            short[2] = q[1] + 0.88 * (q[2] - q[1])
+            crops = {"margin": (rectify(frame, short, (360, 504), EVIDENCE_MARGIN), EVIDENCE_MARGIN),
+                     "cut": (rectify(frame, short, (360, 504)), 0.0)}
+            for k, (crop, m) in crops.items():
+                _, ids, X, _ = resolver.evidence(crop, group, margin=m)
+                footer[k].append(X[ids.index(cid), fi] if cid in ids else 0.0)
+                right[k] += resolver.resolve_crop(crop, device_candidates=group, margin=m).card_id == cid
+    n = len(footer["cut"])
+    assert n >= 8
+    assert np.mean(footer["margin"]) > np.mean(footer["cut"]) + 0.2, footer
+    assert right["margin"] >= right["cut"] and right["margin"] >= 0.8 * n, (right, n)

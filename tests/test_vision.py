@@ -319,15 +319,22 @@ def test_glared_capture_of_a_real_card_is_ambiguous_with_crop_and_reason():
     wire = decode(ScanBatch, encode(ScanBatch(scans=[scan]))).scans[0]
     assert wire.quality_flag == "glare" and wire.crop == fields["crop"]
 
-    # the scan carries the card at its own resolution in the frame (evidence), not the embedder's 268-px crop
-    from device.vision.geometry import evidence_size
+    # the scan carries the card at its own resolution in the frame (evidence), not the embedder's 268-px crop,
+    # with a margin of the frame around the quad (crop_margin)
+    from device.vision.geometry import EVIDENCE_MARGIN, evidence_size, padded_size, rectify
+    from server.resolver.verify import split_margin
 
     q = np.asarray(c.quad, np.float32)
     card_h = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
     assert card_h > 300  # a scanner-box card: more pixels than the embedder's crop has
     sent = cv2.imdecode(np.frombuffer(fields["crop"], np.uint8), cv2.IMREAD_COLOR)
-    assert sent.shape[:2] == c.evidence.shape[:2] == evidence_size(c.quad)[::-1]
-    assert abs(sent.shape[0] - card_h) <= 1 and abs(sent.shape[1] / sent.shape[0] - 63 / 88) < 0.01
+    assert fields["crop_margin"] == wire.crop_margin == EVIDENCE_MARGIN > 0
+    assert sent.shape[:2] == c.evidence.shape[:2] == padded_size(evidence_size(c.quad), EVIDENCE_MARGIN)[::-1]
+    inner, whole = split_margin(sent, wire.crop_margin)
+    assert whole is sent and abs(inner.shape[0] - card_h) <= 2 and abs(inner.shape[1] / inner.shape[0] - 63 / 88) < 0.01
+    # the inner part is the quad's own rectification; the margin holds the frame around it
+    plain = rectify(overexposed(frame, 1.8), c.quad, (inner.shape[1], inner.shape[0]))
+    assert np.abs(inner.astype(np.int16) - plain.astype(np.int16)).mean() < 12  # JPEG q85 + sub-pixel box
     assert clean.cards[0].evidence is None  # accepted cards send no crop
 
     # a blown-out face (nothing left to identify) stays a reject

@@ -26,7 +26,7 @@ from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
                                     crop_reject, geometry_reject, inside_fraction, soft_failure)
 from device.vision.embedder import Embedder
-from device.vision.geometry import evidence_size, is_landscape, rectify
+from device.vision.geometry import EVIDENCE_MARGIN, evidence_size, is_landscape, rectify
 from device.vision.matcher import CatalogMatcher, Match
 
 TOP_K = 5
@@ -45,9 +45,11 @@ class CardResult:
     # the soft gate failure this card passed with (glare | too_blurry | partially_out_of_view), None when clean:
     # such a card is never accepted, and the console and the server see why
     quality_flag: str | None = None
-    # ambiguous cards: the card rectified at its own resolution in the frame (geometry.evidence_size), the
-    # crop the server's resolver gets instead of the embedder's ``crop``
+    # ambiguous cards: the card rectified at its own resolution in the frame (geometry.evidence_size) with
+    # ``evidence_margin`` of the frame around it (geometry.EVIDENCE_MARGIN), the crop the server's resolver
+    # gets instead of the embedder's ``crop``
     evidence: np.ndarray | None = None
+    evidence_margin: float = 0.0
 
     def to_json(self) -> dict:
         d = {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
@@ -58,8 +60,14 @@ class CardResult:
             d["quality_flag"] = self.quality_flag
         return d
 
+    @property
+    def crop_margin(self) -> float:
+        """The margin of what ``crop_jpeg`` encodes (``Scan.crop_margin``)."""
+        return self.evidence_margin if self.evidence is not None else 0.0
+
     def crop_jpeg(self, quality: int = 85) -> bytes | None:
-        """The JPEG an ambiguous scan carries: ``evidence`` when there is one, else ``crop``."""
+        """The JPEG an ambiguous scan carries: ``evidence`` (with its ``crop_margin``) when there is one, else
+        ``crop``."""
         img = self.evidence if self.evidence is not None else self.crop
         if img is None:
             return None
@@ -205,9 +213,11 @@ class VisionPipeline:
                     rejected.append((quad, flag))
                     continue
                 # card_id: the decided card (accept) or the best guess (ambiguous); None for no_card
-                evidence = rectify(frame, quad, evidence_size(quad)) if dec == "ambiguous" else None
+                evidence = (rectify(frame, quad, evidence_size(quad), EVIDENCE_MARGIN) if dec == "ambiguous"
+                            else None)
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
-                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag, evidence))
+                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag, evidence,
+                                        EVIDENCE_MARGIN if evidence is not None else 0.0))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

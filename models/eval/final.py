@@ -358,7 +358,7 @@ def calibration_rows(system: FinalAnswerSystem, catalog: str, ids: list[str], n:
                 except Exception:  # refused by the protocol: never reaches the resolver
                     continue
                 img = cv2.imdecode(np.frombuffer(row.crop, np.uint8), cv2.IMREAD_COLOR)
-                _, cids, X, _ = system.resolver.evidence(img, _device_candidates(row))
+                _, cids, X, _ = system.resolver.evidence(img, _device_candidates(row), margin=row.crop_margin or 0.0)
                 rows.append({"card_id": gt["card_id"], "ids": cids, "X": X})
     return rows
 

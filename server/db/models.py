@@ -241,6 +241,8 @@ class Scan(Base):
     candidates: Mapped[list[Any]] = mapped_column(default=list)
     quad: Mapped[list[Any] | None] = mapped_column(JSONType)
     crop: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # the frame border the crop keeps around the quad (protocol Scan.crop_margin); 0 = exactly the quad
+    crop_margin: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # the soft quality-gate failure (glare, too_blurry, partially_out_of_view) the device identified the card
     # despite; such scans are always ambiguous
     quality_flag: Mapped[str | None] = mapped_column(String(32))

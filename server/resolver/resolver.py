@@ -155,9 +155,11 @@ class Resolver:
 
     # --- features ------------------------------------------------------------------------------------
 
-    def features(self, crop_canon: np.ndarray, sims: dict[str, float],
-                 fine: np.ndarray | None = None) -> tuple[list[str], np.ndarray, dict]:
-        """``fine``: the same view of the crop from its full resolution, for the region comparisons."""
+    def features(self, crop_canon: np.ndarray, sims: dict[str, float], fine: np.ndarray | None = None,
+                 surround: V.Surround | None = None) -> tuple[list[str], np.ndarray, dict]:
+        """``fine``: the same view of the crop from its full resolution, for the region comparisons.
+        ``surround``: the same view with the frame around the card (a crop sent with a margin), which the
+        homography alignment warps from, so a card foot the device's quad cut off is still compared."""
         ids = [c for c in sims if c in self.catalog]
         if not ids:
             return [], np.zeros((0, len(FEATURES))), {}
@@ -208,10 +210,13 @@ class Resolver:
         # layout, so comparing each against the *same* warped crop keeps alignment noise out of the contest.
         ref = max((c for c in contenders if geo[c].H is not None), key=lambda c: geo[c].inliers, default=None)
         H = geo[ref].H if ref is not None else None
-        q_al = V.align(qf.norm, H)
+        wide = surround is not None and H is not None
+        q_al = surround.align("norm", H) if wide else V.align(qf.norm, H)
         aligned = {c: q_al for c in contenders}
         # Compare with the catalog faces blurred as much as this crop is (defocus, motion, low resolution).
-        sigma = V.estimate_blur(V.align(qf.gray, H), feats[ref].gray) if (ref is not None and self.config.match_blur) else 0.0
+        sigma = 0.0
+        if ref is not None and self.config.match_blur:
+            sigma = V.estimate_blur(surround.align("gray", H) if wide else V.align(qf.gray, H), feats[ref].gray)
         norms = {c: feats[c].norm_at(sigma) for c in contenders}
         # the crop as the device rectified it competes with the homography's alignment patch by patch: a
         # homography fitted on the art can be far off at the card's foot
@@ -239,13 +244,14 @@ class Resolver:
     # --- entry points --------------------------------------------------------------------------------
 
     def resolve_crop(self, crop: np.ndarray, device_candidates: Sequence[str] = (),
-                     quad: list | None = None) -> Resolution:
+                     quad: list | None = None, margin: float = 0.0) -> Resolution:
         """``device_candidates``: the device's shortlist, always verified (the device saw the card at full
         resolution). Its scores are deliberately not a feature: fitted as one they lowered held-out top-1 in a
-        development run — the device's own ranking is what made it unsure."""
+        development run — the device's own ranking is what made it unsure. ``margin``: the crop's border
+        around the card (``Scan.crop_margin``)."""
         t0 = time.perf_counter()
-        embedded = self.embed_views(crop)
-        canon, ids, X, detail = self.evidence(crop, device_candidates, embedded=embedded)
+        embedded = self.embed_views(V.split_margin(crop, margin)[0])
+        canon, ids, X, detail = self.evidence(crop, device_candidates, embedded=embedded, margin=margin)
         if not ids:
             return Resolution(None, 0.0, "needs_review", [], quad, (time.perf_counter() - t0) * 1000, {"reason": "no candidates"})
         p = self.probabilities(X)
@@ -253,7 +259,8 @@ class Resolver:
             # "None of these" is the likeliest reading: typically a crop whose corners the device got wrong
             # (shifted, zoomed, turned), so neither the device's top-5 nor the embedding's top-10 holds the card.
             # Search wider (both orientations) and keep the wider answer only when it is more confident.
-            canon2, ids2, X2, detail2 = self.evidence(crop, device_candidates, embedded=embedded, wide=True)
+            canon2, ids2, X2, detail2 = self.evidence(crop, device_candidates, embedded=embedded, wide=True,
+                                                      margin=margin)
             if ids2:
                 p2 = self.probabilities(X2)
                 if float(p2.max()) > float(p.max()):
@@ -269,14 +276,18 @@ class Resolver:
         return Resolution(top, round(conf, 4), status, cands, quad, round((time.perf_counter() - t0) * 1000, 1), detail)
 
     def evidence(self, crop: np.ndarray, device_candidates: Sequence[str] = (), *, wide: bool = False,
-                 embedded: tuple[list[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[str], np.ndarray, dict]:
-        """(oriented canonical crop, shortlist ids, their feature rows, detail) for one crop: what the
-        calibrated logit scores (``resolve_crop``) and what the calibration is fitted on."""
-        embedded = embedded if embedded is not None else self.embed_views(crop)
+                 embedded: tuple[list[np.ndarray], np.ndarray] | None = None,
+                 margin: float = 0.0) -> tuple[np.ndarray, list[str], np.ndarray, dict]:
+        """(oriented canonical crop, shortlist ids, their feature rows, detail) for one crop (with its
+        ``margin``): what the calibrated logit scores (``resolve_crop``) and what the calibration is fitted on."""
+        card, padded = V.split_margin(crop, margin)
+        embedded = embedded if embedded is not None else self.embed_views(card)
         kw = dict(top_k=self.config.wide_top_k, both=True,
                   max_candidates=self.config.wide_top_k + self.config.max_siblings) if wide else {}
-        canon, _, sims = self.shortlist(crop, device_candidates, embedded=embedded, **kw)
-        ids, X, detail = self.features(canon, sims, self._fine(crop, canon is embedded[0][1]))
+        canon, _, sims = self.shortlist(card, device_candidates, embedded=embedded, **kw)
+        turned = canon is embedded[0][1]
+        surround = V.Surround.of(padded, margin, turned) if padded is not None else None
+        ids, X, detail = self.features(canon, sims, self._fine(card, turned), surround)
         return canon, ids, X, detail
 
     @staticmethod

@@ -15,7 +15,9 @@ collector number, border, finish. So each candidate gets
     the art window (vintage symbol), normalised cross-correlation per candidate;
   - optional *OCR* of the collector number in the footer (Tesseract via pytesseract when installed).
 
-All images are compared at ``CANON`` = (W, H) = (240, 336) (2.5:3.5), the catalog renders' aspect.
+All images are compared at ``CANON`` = (W, H) = (360, 504) (2.5:3.5), the catalog renders' aspect. A device
+crop with a margin (``Scan.crop_margin``) is split in the card (everything above) and its ``Surround``
+(the card plus the frame around it), which the homography alignment warps from.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.vision.geometry import CANONICAL_SIZE
+from device.vision.geometry import CANONICAL_SIZE, margin_box, padded_size
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +286,47 @@ def _sane(H: np.ndarray) -> bool:
         return False
     area = abs(cv2.contourArea(warped.astype(np.float32)))
     return 0.5 < area / (CANON[0] * CANON[1]) < 2.0 and cv2.isContourConvex(warped.astype(np.float32))
+
+
+def split_margin(img: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the card, the whole crop) for a crop made with ``margin`` (``device.vision.geometry.rectify``);
+    (img, None) when it has none."""
+    if margin <= 0:
+        return img, None
+    x0, y0, x1, y1 = margin_box((img.shape[1], img.shape[0]), margin)
+    inner = img[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
+    if inner.shape[0] < 8 or inner.shape[1] < 8:
+        raise ValueError(f"crop of {img.shape[1]}x{img.shape[0]} px has no card inside a margin of {margin}")
+    return inner, img
+
+
+@dataclass
+class Surround:
+    """The query card with the frame pixels around it, at canonical scale: ``gray``/``norm`` are
+    ``padded_size(CANON, margin)``; ``to_canvas`` maps canonical card coordinates into them."""
+
+    gray: np.ndarray
+    norm: np.ndarray
+    to_canvas: np.ndarray
+
+    @classmethod
+    def of(cls, padded: np.ndarray, margin: float, turned: bool = False) -> "Surround":
+        size = padded_size(CANON, margin)
+        img = padded if padded.ndim == 2 else cv2.cvtColor(padded, cv2.COLOR_BGR2GRAY)
+        interp = cv2.INTER_AREA if img.shape[1] > size[0] else cv2.INTER_LINEAR
+        g = cv2.resize(img, size, interpolation=interp)
+        if turned:  # the margin is the same on every side, so the card's box does not move
+            g = cv2.rotate(g, cv2.ROTATE_180)
+        x0, y0, x1, y1 = margin_box(size, margin)
+        S = np.array([[(x1 - x0) / CANON[0], 0, x0], [0, (y1 - y0) / CANON[1], y0], [0, 0, 1]], np.float64)
+        return cls(g, normalise(cv2.GaussianBlur(g, (0, 0), 0.8)), S)
+
+    def align(self, img: str, H: np.ndarray) -> np.ndarray:
+        """``img`` ("gray" or "norm") warped into the candidate's frame by ``H`` (a homography from canonical
+        crop coordinates): the parts of the card the device's quad left out come from the margin."""
+        src = self.gray if img == "gray" else self.norm
+        Hc = H @ np.linalg.inv(self.to_canvas)
+        return cv2.warpPerspective(src, Hc, CANON, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def align(q_img_norm: np.ndarray, H: np.ndarray | None) -> np.ndarray:

@@ -56,7 +56,7 @@ def resolve_scan(resolver, scan) -> object | None:
     img = cv2.imdecode(np.frombuffer(scan.crop, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return None
-    return resolver.resolve_crop(img, _device_candidates(scan))
+    return resolver.resolve_crop(img, _device_candidates(scan), margin=float(getattr(scan, "crop_margin", 0.0) or 0.0))
 
 
 class MqttResultPublisher:

@@ -4,6 +4,8 @@
     .venv/bin/python -m tests.bench.resolver_scans collect --n 3000 --seed 900000 --out var/scans-900000.jsonl
     # 2. resolve each one (1 OpenCV thread): CPU ms per scan and top-1
     .venv/bin/python -m tests.bench.resolver_scans time --scans var/scans-900000.jsonl
+    # the same scans without the frame around the quad (what a device without crop_margin sends):
+    .venv/bin/python -m tests.bench.resolver_scans time --scans var/scans-900000.jsonl --no-margin
     # the same scans through older resolver code (its own calibration file too):
     git worktree add /tmp/old b1fb7da && (cd /tmp/old && PYTHONPATH=/tmp/old /work/main/.venv/bin/python \
         /work/main/tests/bench/resolver_scans.py time --scans /work/main/var/scans-900000.jsonl \
@@ -52,7 +54,8 @@ def collect(a) -> int:
                         continue
                     row = system._stored_scan(c)  # appliance → wire → ingest row, as the worker finds it
                     f.write(json.dumps({"card_id": gt["card_id"], "frame": i, "device_candidates": _device_candidates(row),
-                                        "crop_jpeg_b64": base64.b64encode(row.crop).decode()}) + "\n")
+                                        "crop_jpeg_b64": base64.b64encode(row.crop).decode(),
+                                        "crop_margin": row.crop_margin or 0.0}) + "\n")
                     n += 1
     print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}) -> {a.out}")
     return 0
@@ -63,6 +66,7 @@ def time_scans(a) -> int:
 
     cv2.setNumThreads(1)
     from server.resolver.service import build_resolver
+    from server.resolver.verify import split_margin
 
     r = build_resolver(a.catalog, a.data_dir)
     if a.calibration:
@@ -75,13 +79,17 @@ def time_scans(a) -> int:
         print("no scans", file=sys.stderr)
         return 1
     imgs = [cv2.imdecode(np.frombuffer(base64.b64decode(x["crop_jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR) for x in rows]
-    r.resolve_crop(imgs[0], rows[0]["device_candidates"])  # load the models; then empty the face cache again
+    # load the models; then empty the face cache again
+    r.resolve_crop(imgs[0], rows[0]["device_candidates"], margin=rows[0].get("crop_margin", 0.0))
     r.catalog._cache.clear()
     cpu, ok, resolved, resolved_ok = [], 0, 0, 0
     per_scan = open(a.rows, "w") if a.rows else None
     for x, img in zip(rows, imgs):
+        margin = x.get("crop_margin", 0.0)
+        if a.no_margin and margin:  # A/B: the same scans as a device without crop_margin would send them
+            img, margin = split_margin(img, margin)[0], 0.0
         c0 = time.process_time()
-        res = r.resolve_crop(img, x["device_candidates"])
+        res = r.resolve_crop(img, x["device_candidates"], margin=margin)
         cpu.append((time.process_time() - c0) * 1e3)
         if per_scan:
             per_scan.write(json.dumps({"frame": x["frame"], "card_id": x["card_id"], "answer": res.card_id,
@@ -116,7 +124,7 @@ def fit_scans(a) -> int:
         for line in open(path):
             x = json.loads(line)
             img = cv2.imdecode(np.frombuffer(base64.b64decode(x["crop_jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
-            _, ids, X, _ = r.evidence(img, x["device_candidates"])
+            _, ids, X, _ = r.evidence(img, x["device_candidates"], margin=x.get("crop_margin", 0.0))
             rows.append({"card_id": x["card_id"], "ids": ids, "X": X})
     before = evaluate(r, rows, r.config.accept_confidence)
     w, nb = fit(rows)
@@ -147,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data-dir", default="var")
     t.add_argument("--rows", help="also write one JSON line per scan (truth, answer, shortlist) to this file")
     t.add_argument("--calibration", help="resolver calibration JSON to use (default: the committed one)")
+    t.add_argument("--no-margin", action="store_true",
+                   help="resolve only the card inside each crop's margin (as if the device sent no crop_margin)")
     f = sub.add_parser("fit", help="refit the resolver calibration on collected scans")
     f.add_argument("--scans", required=True, help="one or more collected files, comma-separated")
     f.add_argument("--catalog", default="var/catalog")
