@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from device.vision.geometry import EVIDENCE_MARGIN
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "models/bundles/demo"
 pytestmark = pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built (make models)")
@@ -156,6 +158,4 @@ def test_run_counts_a_glared_card_once_and_records_it_ambiguous_with_its_crop(tm
     scan = Scan.model_validate_json(rows[0].payload)
     assert scan.decision.value == "ambiguous" and scan.card_id is None and scan.quality_flag == "glare"
     assert scan.crop and scan.crop[:3] == b"\xff\xd8\xff" and scan.candidates[0].card_id == card_id
-    from device.vision.geometry import EVIDENCE_MARGIN
-
     assert scan.crop_margin == EVIDENCE_MARGIN  # the outbox keeps the frame border the crop was cut with

@@ -316,13 +316,14 @@ def db(sqlite_url):
     d.dispose()
 
 
-def _add_scan(db, crop: bytes | None, candidates: list[str]) -> str:
+def _add_scan(db, crop: bytes | None, candidates: list[str], crop_margin: float = 0.0) -> str:
     from server.db.models import Scan
 
     sid = str(uuid.uuid4())
     with db.session() as s:
         s.add(Scan(scan_id=sid, device_id="dev-1", seq=1, captured_at=datetime.now(timezone.utc), decision="ambiguous",
-                   candidates=[{"card_id": c, "score": 0.5} for c in candidates], crop=crop, status="pending"))
+                   candidates=[{"card_id": c, "score": 0.5} for c in candidates], crop=crop, crop_margin=crop_margin,
+                   status="pending"))
         s.commit()
     return sid
 
@@ -348,6 +349,8 @@ def test_worker_resolves_pending_and_keeps_them_when_resolver_is_down(db, resolv
     jpg = cv2.imencode(".jpg", crop)[1].tobytes()
     s1 = _add_scan(db, jpg, group)
     s2 = _add_scan(db, None, group)  # no crop: nothing to look at -> a person decides
+    # a crop too small to hold a card inside its margin: bad input, a person decides (not retried forever)
+    s3 = _add_scan(db, cv2.imencode(".jpg", crop[:8, :8])[1].tobytes(), group, crop_margin=0.25)
 
     def down():
         raise ConnectionError("resolver unavailable")
@@ -360,12 +363,12 @@ def test_worker_resolves_pending_and_keeps_them_when_resolver_is_down(db, resolv
         assert {x.status for x in s.query(Scan).all()} == {"pending"}  # nothing lost, nothing decided
 
     w = ResolverWorker(db, lambda: resolver, published.append, accept_confidence=0.0)
-    assert w.run_once() == 2
+    assert w.run_once() == 3
     with db.session() as s:
         rows = {x.scan_id: x for x in s.query(Scan).all()}
         assert rows[s1].status == "resolved" and rows[s1].resolved_card_id == group[0]
-        assert rows[s2].status == "needs_review"
-    assert {p.scan_id: p.status for p in published} == {s1: "resolved", s2: "needs_review"}
+        assert rows[s2].status == rows[s3].status == "needs_review"
+    assert {p.scan_id: p.status for p in published} == {s1: "resolved", s2: "needs_review", s3: "needs_review"}
     assert all(isinstance(p, ScanResult) for p in published)
     assert w.run_once() == 0  # decided scans are not picked up again
 
@@ -411,7 +414,7 @@ def test_surround_aligns_like_the_card_and_adds_the_border():
     assert np.abs(shrunk.astype(np.int16) - cv2.resize(s.gray, V.CANON, interpolation=cv2.INTER_AREA)
                   .astype(np.int16)).mean() < 8
     assert V.split_margin(padded, 0.0) == (padded, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(V.CropError):
         V.split_margin(padded[:10, :10], 0.25)
 
 

@@ -88,29 +88,22 @@ def rectify(frame: np.ndarray, quad: np.ndarray, size: tuple[int, int] = CANONIC
             margin: float = 0.0) -> np.ndarray:
     """Warp the card under ``quad`` (TL, TR, BR, BL of the card) to an upright ``size`` crop; with ``margin``
     the crop is ``padded_size(size, margin)`` and the card lies in its ``margin_box``."""
-    if margin > 0:
-        canvas = padded_size(size, margin)
-        x0, y0, x1, y1 = margin_box(canvas, margin)
-        dst = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
-        q = np.asarray(quad, np.float32).reshape(4, 2)
-        height = card_height(q)
-        f = 1.6 * size[1] / height if height > 2.2 * size[1] else 1.0
-        if f < 1.0:
-            frame = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        hm = cv2.getPerspectiveTransform(q * f, dst)
-        # beyond the frame: constant grey, not replicated edge pixels (streaks would look like card edges)
-        return cv2.warpPerspective(frame, hm, canvas, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                   borderValue=(128, 128, 128))
-    hm = card_homography(quad, size)
-    # Area-average first when the card is much bigger than the crop: a linear warp that minifies aliases.
     q = np.asarray(quad, np.float32).reshape(4, 2)
+    # Area-average first when the card is much bigger than the crop: a linear warp that minifies aliases.
     height = card_height(q)
     if height > 2.2 * size[1]:
         f = 1.6 * size[1] / height
-        small = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        hm = card_homography(q * f, size)
-        frame = small
-    return cv2.warpPerspective(frame, hm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        frame = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        q = q * f
+    if margin <= 0:
+        return cv2.warpPerspective(frame, card_homography(q, size), size, flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE)
+    canvas = padded_size(size, margin)
+    x0, y0, x1, y1 = margin_box(canvas, margin)
+    hm = cv2.getPerspectiveTransform(q, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32))
+    # beyond the frame: constant grey, not replicated edge pixels (streaks would look like card edges)
+    return cv2.warpPerspective(frame, hm, canvas, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=(128, 128, 128))
 
 
 def evidence_size(quad: np.ndarray) -> tuple[int, int]:

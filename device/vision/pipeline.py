@@ -46,10 +46,9 @@ class CardResult:
     # such a card is never accepted, and the console and the server see why
     quality_flag: str | None = None
     # ambiguous cards: the card rectified at its own resolution in the frame (geometry.evidence_size) with
-    # ``evidence_margin`` of the frame around it (geometry.EVIDENCE_MARGIN), the crop the server's resolver
-    # gets instead of the embedder's ``crop``
+    # geometry.EVIDENCE_MARGIN of the frame around it, the crop the server's resolver gets instead of the
+    # embedder's ``crop``
     evidence: np.ndarray | None = None
-    evidence_margin: float = 0.0
 
     def to_json(self) -> dict:
         d = {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
@@ -63,7 +62,7 @@ class CardResult:
     @property
     def crop_margin(self) -> float:
         """The margin of what ``crop_jpeg`` encodes (``Scan.crop_margin``)."""
-        return self.evidence_margin if self.evidence is not None else 0.0
+        return EVIDENCE_MARGIN if self.evidence is not None else 0.0
 
     def crop_jpeg(self, quality: int = 85) -> bytes | None:
         """The JPEG an ambiguous scan carries: ``evidence`` (with its ``crop_margin``) when there is one, else
@@ -216,8 +215,7 @@ class VisionPipeline:
                 evidence = (rectify(frame, quad, evidence_size(quad), EVIDENCE_MARGIN) if dec == "ambiguous"
                             else None)
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
-                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag, evidence,
-                                        EVIDENCE_MARGIN if evidence is not None else 0.0))
+                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag, evidence))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

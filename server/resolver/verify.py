@@ -288,15 +288,20 @@ def _sane(H: np.ndarray) -> bool:
     return 0.5 < area / (CANON[0] * CANON[1]) < 2.0 and cv2.isContourConvex(warped.astype(np.float32))
 
 
+class CropError(ValueError):
+    """A crop that holds no card to compare (e.g. a margin that leaves nothing inside): bad input from a
+    device, decided by a person, never retried."""
+
+
 def split_margin(img: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray | None]:
     """(the card, the whole crop) for a crop made with ``margin`` (``device.vision.geometry.rectify``);
-    (img, None) when it has none."""
+    (img, None) when it has none. Raises ``CropError`` when the margin leaves no card."""
     if margin <= 0:
         return img, None
     x0, y0, x1, y1 = margin_box((img.shape[1], img.shape[0]), margin)
     inner = img[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
     if inner.shape[0] < 8 or inner.shape[1] < 8:
-        raise ValueError(f"crop of {img.shape[1]}x{img.shape[0]} px has no card inside a margin of {margin}")
+        raise CropError(f"crop of {img.shape[1]}x{img.shape[0]} px has no card inside a margin of {margin}")
     return inner, img
 
 

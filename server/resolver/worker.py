@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from device.protocol import Candidate, ScanResult, Topics, encode
 from server.db.models import Scan, ScanStatus, utcnow
+from server.resolver.verify import CropError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def _device_candidates(scan: Scan) -> list[str]:
 
 def resolve_scan(resolver, scan) -> object | None:
     """The resolver's answer for one stored ambiguous scan: its JPEG crop decoded, the device's candidates
-    in the shortlist. None when the scan has no readable crop (then a person decides).
+    in the shortlist. None when the scan has no readable crop, or none with a card inside its margin (then a
+    person decides).
 
     Shared by the worker and the final-answer evaluation (``models/eval/final.py``), so the evaluation
     measures exactly what production does with a scan."""
@@ -56,7 +58,11 @@ def resolve_scan(resolver, scan) -> object | None:
     img = cv2.imdecode(np.frombuffer(scan.crop, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return None
-    return resolver.resolve_crop(img, _device_candidates(scan), margin=float(getattr(scan, "crop_margin", 0.0) or 0.0))
+    try:
+        return resolver.resolve_crop(img, _device_candidates(scan), margin=scan.crop_margin or 0.0)
+    except CropError as exc:  # the device's bad input: a person decides; retrying would block the queue
+        log.warning("resolver: scan %s: %s", scan.scan_id, exc)
+        return None
 
 
 class MqttResultPublisher:
