@@ -253,6 +253,34 @@ def test_region_win_compares_each_differing_patch_on_its_own(resolver):
     assert new_total > 1.5 * old_total, (new_total, old_total)
 
 
+def test_sibling_region_is_the_reprint_contest_alone(resolver):
+    """``sibling_region`` counts only the region wins against printings of the same illustration: with other
+    arts in the contest as well, a reprint pair's feature is still their pairwise win (antisymmetric, the true
+    printing ahead), while ``region`` (mean over every contender) mixes the other arts in."""
+    from models.synth.capture import augment_crop
+    from server.resolver import verify as V
+    from server.resolver.resolver import sibling_region
+
+    rng = np.random.default_rng(5)
+    art = {c: resolver.meta[c]["illustration_id"] for c in resolver.catalog.paths}
+    singles = [g[0] for g in resolver.by_ill.values() if len(g) == 1]
+    checked = ahead = 0
+    for group in _reprint_pairs(resolver)[:8]:
+        a, b = group[:2]
+        contenders = [a, b] + singles[:3]
+        feats = {c: resolver.catalog.features(c) for c in contenders}
+        g = cv2.GaussianBlur(V.gray_canon(augment_crop(resolver.catalog.image(a), rng, 0.6)), (0, 0), 1.0)
+        pairs: dict = {}
+        region = V.pairwise_region_scores([V.normalise(g)], feats, contenders, pairs_out=pairs)
+        sib = sibling_region(pairs, art)
+        assert sib[a] == pytest.approx(pairs[(a, b)]) and sib[b] == pytest.approx(-pairs[(a, b)])
+        assert all(c not in sib for c in singles[:3])  # no sibling in the contest: no feature
+        assert sib[a] - sib[b] != pytest.approx(region[a] - region[b], abs=1e-4)
+        checked += 1
+        ahead += sib[a] > sib[b]
+    assert checked >= 4 and ahead >= checked - 1, (checked, ahead)
+
+
 def test_reprints_told_apart_on_simulated_captures(resolver):
     from models.synth.capture import augment_crop
 

@@ -30,10 +30,25 @@ from server.resolver.index import CardIndex
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "models" / "server_model" / "checkpoints" / "resolver_calibration.json"
-FEATURES = ("emb", "emb_gap", "log_inliers", "inlier_share", "inlier_ratio", "region", "footer", "footer_gap")
+FEATURES = ("emb", "emb_gap", "log_inliers", "inlier_share", "inlier_ratio", "region", "footer", "footer_gap",
+            "sibling_region")
 # Hand-set starting point (used when no calibration file exists); calibrate.py replaces them.
 DEFAULT_WEIGHTS = {"emb": 4.0, "emb_gap": 6.0, "log_inliers": 1.0, "inlier_share": 3.0, "inlier_ratio": 1.0,
-                   "region": 25.0, "footer": 2.0, "footer_gap": 4.0}
+                   "region": 25.0, "footer": 2.0, "footer_gap": 4.0, "sibling_region": 25.0}
+
+
+def sibling_region(pairs: dict[tuple[str, str], float], art: dict[str, str]) -> dict[str, float]:
+    """Each contender's mean region win over the printings of its own illustration (``pairs``: the pairwise
+    wins of ``verify.pairwise_region_scores``; ``art``: card_id -> illustration).
+
+    Why apart from ``region``: that one averages a printing's wins over every contender, so when other
+    illustrations are in the contest too, the few pixels that tell two reprints apart are diluted by however
+    many there are. A contender without a sibling in the contest gets none (0)."""
+    wins: dict[str, list[float]] = {}
+    for (a, b), w in pairs.items():
+        if art[a] == art[b]:
+            wins.setdefault(a, []).append(w)
+    return {c: float(np.mean(v)) for c, v in wins.items()}
 
 
 @dataclass
@@ -221,13 +236,16 @@ class Resolver:
         # the crop as the device rectified it competes with the homography's alignment patch by patch: a
         # homography fitted on the art can be far off at the card's foot
         views = [q_al] if H is None else [q_al, qf.norm]
-        region = V.pairwise_region_scores(views, feats, contenders, norms, grow=int(round(sigma)))
+        pairs: dict[tuple[str, str], float] = {}
+        region = V.pairwise_region_scores(views, feats, contenders, norms, grow=int(round(sigma)), pairs_out=pairs)
+        sibling = sibling_region(pairs, {c: self.meta.get(c, {}).get("illustration_id") or c for c in ids})
         fm = V.zone_mask("footer")
         footer = {c: (V.ncc(aligned[c], norms[c], fm) if c in aligned else 0.0) for c in ids}
         best_footer = max(footer[c] for c in contenders)
         X = np.array([[sims[c], sims[c] - best_emb, np.log1p(inl[c]), inl[c] / max(best_inl, 1),
                        ratio[c], region.get(c, 0.0), footer[c],
-                       (footer[c] - best_footer) if c in aligned else -1.0] for c in ids], np.float64)
+                       (footer[c] - best_footer) if c in aligned else -1.0,
+                       sibling.get(c, 0.0)] for c in ids], np.float64)
         detail = {"contenders": contenders, "inliers": {c: geo[c].inliers for c in ids}, "blur_sigma": sigma}
         return ids, X, detail
 

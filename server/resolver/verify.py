@@ -404,13 +404,14 @@ def estimate_blur(q_gray_aligned: np.ndarray, ref_gray: np.ndarray) -> float:
 
 def pairwise_region_scores(q_views: list[np.ndarray], feats: dict[str, Features],
                            contenders: list[str], norms: dict[str, np.ndarray] | None = None,
-                           grow: int = 0) -> dict[str, float]:
+                           grow: int = 0, pairs_out: dict | None = None) -> dict[str, float]:
     """Mean pairwise win of each contender against the others within their differing pixels.
 
     win(a, b) = NCC(q, a | D_ab) - NCC(q, b | D_ab) per differing patch (``_region_win``), with q the query
     aligned to the contenders (``q_views``: the homography-aligned crop first, then other readings such as
     the crop as the device rectified it; each patch uses the one that fits its surroundings best). Positive
-    means the crop looks more like a than like b exactly where a and b differ.
+    means the crop looks more like a than like b exactly where a and b differ. ``pairs_out`` receives every
+    compared pair's win: (a, b) -> win(a, b).
     """
     out = {c: 0.0 for c in contenders}
     if len(contenders) < 2:
@@ -423,6 +424,8 @@ def pairwise_region_scores(q_views: list[np.ndarray], feats: dict[str, Features]
             if m is None:
                 continue  # identical faces (same image): nothing can tell them apart here
             w = _region_win(q_views, nrm[a], nrm[b], m)
+            if pairs_out is not None:
+                pairs_out[(a, b)], pairs_out[(b, a)] = w, -w
             wins[a].append(w)
             wins[b].append(-w)
     return {c: (float(np.mean(v)) if v else 0.0) for c, v in wins.items()}
