@@ -145,8 +145,10 @@ class Scan(BaseModel):
         "1/(1+2·margin). 0: the crop is exactly the quad. Servers before this field refuse it (extra fields are "
         "forbidden): update the server before the devices.", ge=0.0, le=0.25)
     quality_flag: str | None = Field(
-        None, description="Soft quality-gate failure the card was identified despite (glare | too_blurry | "
-        "partially_out_of_view); such a scan is never accepted by the device. None when the frame was clean.",
+        None, description="Why the device did not trust this card: the soft quality-gate failure it was "
+        "identified despite (glare | too_blurry | partially_out_of_view) or low_score (a confident detection "
+        "whose best match is below the no-card score); such a scan is never accepted by the device. None when "
+        "the frame was clean.",
         pattern=r"^[a-z][a-z_]{0,31}$")
     bundle_version: str = Field("", description="Model/catalog bundle that produced the decision.", max_length=64)
 

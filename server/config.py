@@ -79,6 +79,11 @@ class ResolverSettings(BaseModel):
     max_candidates: int = Field(24, ge=1, le=200, description="Most candidates verified geometrically per scan.")
     accept_confidence: float = Field(0.9, ge=0, le=1, description="Calibrated confidence needed to resolve; "
                                      "below it the scan goes to the review queue.")
+    low_score_accept_confidence: float = Field(
+        0.999, ge=0, le=1, description="Confidence needed to resolve a scan the device matched to nothing "
+        "(quality_flag low_score: a confident detection below its no-card score) — often not a catalog card at "
+        "all; on simulated scanner-box frames of playing cards and photo patches the resolver gave such scans up "
+        "to 0.995 (models.eval.negatives). Above 1: always a person.")
     keypoint_store: bool = Field(True, description="Precompute the ORB keypoints of every catalog face once per "
                                  "catalog version (data_dir/keypoints, ~36 bytes × 700 per face, about a minute "
                                  "per 10k faces on 2 cores) instead of per scan.")

@@ -344,14 +344,15 @@ def db(sqlite_url):
     d.dispose()
 
 
-def _add_scan(db, crop: bytes | None, candidates: list[str], crop_margin: float = 0.0) -> str:
+def _add_scan(db, crop: bytes | None, candidates: list[str], crop_margin: float = 0.0,
+              quality_flag: str | None = None) -> str:
     from server.db.models import Scan
 
     sid = str(uuid.uuid4())
     with db.session() as s:
         s.add(Scan(scan_id=sid, device_id="dev-1", seq=1, captured_at=datetime.now(timezone.utc), decision="ambiguous",
                    candidates=[{"card_id": c, "score": 0.5} for c in candidates], crop=crop, crop_margin=crop_margin,
-                   status="pending"))
+                   quality_flag=quality_flag, status="pending"))
         s.commit()
     return sid
 
@@ -379,6 +380,8 @@ def test_worker_resolves_pending_and_keeps_them_when_resolver_is_down(db, resolv
     s2 = _add_scan(db, None, group)  # no crop: nothing to look at -> a person decides
     # a crop too small to hold a card inside its margin: bad input, a person decides (not retried forever)
     s3 = _add_scan(db, cv2.imencode(".jpg", crop[:8, :8])[1].tobytes(), group, crop_margin=0.25)
+    # the same crop, but the device matched it to nothing (low_score): it needs low_score_accept_confidence
+    s4 = _add_scan(db, jpg, group, quality_flag="low_score")
 
     def down():
         raise ConnectionError("resolver unavailable")
@@ -391,12 +394,19 @@ def test_worker_resolves_pending_and_keeps_them_when_resolver_is_down(db, resolv
         assert {x.status for x in s.query(Scan).all()} == {"pending"}  # nothing lost, nothing decided
 
     w = ResolverWorker(db, lambda: resolver, published.append, accept_confidence=0.0)
-    assert w.run_once() == 3
+    keep = resolver.config.low_score_accept_confidence
+    resolver.config.low_score_accept_confidence = 1.01  # beyond any confidence: such scans always go to a person
+    try:
+        assert w.run_once() == 4
+    finally:
+        resolver.config.low_score_accept_confidence = keep
     with db.session() as s:
         rows = {x.scan_id: x for x in s.query(Scan).all()}
         assert rows[s1].status == "resolved" and rows[s1].resolved_card_id == group[0]
-        assert rows[s2].status == rows[s3].status == "needs_review"
-    assert {p.scan_id: p.status for p in published} == {s1: "resolved", s2: "needs_review", s3: "needs_review"}
+        assert rows[s2].status == rows[s3].status == rows[s4].status == "needs_review"
+        assert rows[s4].confidence == rows[s1].confidence  # same answer, only the bar differs
+    assert {p.scan_id: p.status for p in published} == {s1: "resolved", s2: "needs_review", s3: "needs_review",
+                                                        s4: "needs_review"}
     assert all(isinstance(p, ScanResult) for p in published)
     assert w.run_once() == 0  # decided scans are not picked up again
 
@@ -477,3 +487,16 @@ def test_margin_lets_the_resolver_compare_a_foot_the_quad_cut_off(resolver):
     assert n >= 8
     assert np.mean(footer["margin"]) > np.mean(footer["cut"]) + 0.2, footer
     assert right["margin"] >= right["cut"] and right["margin"] >= 0.8 * n, (right, n)
+
+
+def test_required_confidence_is_higher_for_scans_the_device_matched_to_nothing(resolver):
+    from server.db.models import Scan
+    from server.resolver.worker import required_confidence
+
+    cfg = resolver.config
+    assert cfg.low_score_accept_confidence > cfg.accept_confidence
+    assert required_confidence(resolver, Scan(quality_flag=None)) == cfg.accept_confidence
+    assert required_confidence(resolver, Scan(quality_flag="glare")) == cfg.accept_confidence
+    assert required_confidence(resolver, Scan(quality_flag="low_score")) == cfg.low_score_accept_confidence
+    assert required_confidence(resolver, Scan(quality_flag=None), 0.5) == 0.5  # a worker's own threshold
+    assert required_confidence(resolver, Scan(quality_flag="low_score"), 0.5) == cfg.low_score_accept_confidence

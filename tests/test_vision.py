@@ -400,3 +400,37 @@ def test_evidence_size_follows_the_card_between_the_crop_and_the_servers_size():
     assert evidence_size(quad(100))[1] == CANONICAL_SIZE[1]  # a small card: never less than the crop
     assert evidence_size(quad(374)) == (268, 374)  # a scanner-box card: its own pixels
     assert evidence_size(quad(2000)) == (round(EVIDENCE_MAX_SIZE[1] * 63 / 88), EVIDENCE_MAX_SIZE[1])
+
+
+@needs_bundle
+def test_confident_detection_matching_nothing_goes_to_the_server_flagged(shared_data):
+    """A clean, confident CNN detection whose best match is below no_card_score (a card whose corners the
+    detector got wrong scores like a non-catalog object) is sent as ambiguous with its crop and
+    ``quality_flag`` = low_score, never accepted — not dropped as no_card. Here: real playing cards (TRAIN
+    photos) in simulated scanner-box frames. ``GateConfig.unmatched_to_server=False`` restores no_card."""
+    from device.appliance import scan_fields
+    from device.vision.pipeline import VisionPipeline
+    from models.eval.negatives import Objects
+    from models.synth.capture import CaptureConfig, simulate_capture
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
+    objects = Objects(shared_data)
+    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
+    flagged = []
+    for i in range(10):
+        rng = np.random.default_rng(910_000 + 4 * i)
+        frame, _ = simulate_capture([objects.draw("playing_card", rng)], ["playing-card"], rng, cfg)
+        res = pipe.process(frame)
+        flagged += [(frame, c) for c in res.cards if c.quality_flag == "low_score"]
+        assert all(c.decision != "accept" for c in res.cards)
+    assert flagged, "no playing card gave a confident detection below no_card_score"
+    frame, c = flagged[0]
+    assert c.decision == "ambiguous" and c.score < pipe.thresholds.no_card_score and c.evidence is not None
+    fields = scan_fields(c, pipe.bundle_version)
+    assert fields["quality_flag"] == "low_score" and fields["card_id"] is None and fields["crop"][:3] == b"\xff\xd8\xff"
+
+    off = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
+    off.gate = off.gate.model_copy(update={"unmatched_to_server": False})
+    res = off.process(frame)
+    same = [x for x in res.cards if np.abs(np.asarray(x.quad) - np.asarray(c.quad)).max() < 1e-3]
+    assert same and same[0].decision == "no_card" and same[0].quality_flag is None

@@ -2,7 +2,8 @@
 
 With ``--json`` one JSON object per input line: ``image``, ``cards`` [{card_id, decision, score, margin,
 candidates [{card_id, score}]×5, quad [[x, y]×4], ``quality_flag`` only when the card passed the quality gate
-softly (glare | too_blurry | partially_out_of_view: identified, never accepted, decision ambiguous)}],
+softly (glare | too_blurry | partially_out_of_view) or matched nothing on a confident detection (low_score):
+identified, never accepted, decision ambiguous}],
 ``reject_reason`` when no card passes the quality gate, ``ms`` {detect, embed, match, total}. A bad input
 (missing, unreadable, corrupt, too large) gives a line with ``error`` instead, and the exit status is 1 at the end; there is never a traceback.
 """

@@ -573,6 +573,12 @@ class GateConfig(BaseModel):
                                             "detection (mean kernel probability ≥ this; ≥ 99 % of true cards' "
                                             "detections on simulated captures); contour fallbacks never pass a "
                                             "failed gate.")
+    unmatched_to_server: bool = Field(True, description="A clean, confident CNN detection (mean kernel "
+                                      "probability ≥ soft_min_detection_score) whose best match is below "
+                                      "no_card_score goes to the server as ambiguous (quality_flag low_score) "
+                                      "instead of no_card: a card whose corners the detector got wrong matches "
+                                      "as poorly as a non-catalog object, and a card placed in the box must not "
+                                      "vanish without a trace. false: such a detection is no_card.")
 
 
 #: gate failures that can be soft (``soft_failure``); too_small and occluded are always hard

@@ -8,8 +8,10 @@ detected card) does not throw the card away: it is identified, never accepted, a
 ``ambiguous`` with its crop and ``quality_flag`` = the reason, so the server's resolver decides. Hard
 failures (mostly out of view, too small, occluded, heavy blur / glare) stay in ``rejected``; so does a soft
 card whose match is below ``no_card_score`` (nothing identifiable left: the gate's reason says more than
-``no_card``). A quad read landscape also tries its two quarter-turn readings; a contour-fallback detection
-(the CNN saw no card there) is ``no_card`` unless it matches as well as an accept.
+``no_card``). A clean, confident CNN detection that matches nothing (below ``no_card_score``) is sent as
+``ambiguous`` with ``quality_flag`` = low_score (``GateConfig.unmatched_to_server``): a card whose corners
+the detector got wrong must not vanish. A quad read landscape also tries its two quarter-turn readings; a
+contour-fallback detection (the CNN saw no card there) is ``no_card`` unless it matches as well as an accept.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class CardResult:
     candidates: list[tuple[str, float]]
     crop: np.ndarray | None = None
     quality: dict = field(default_factory=dict)
-    # the soft gate failure this card passed with (glare | too_blurry | partially_out_of_view), None when clean:
-    # such a card is never accepted, and the console and the server see why
+    # the soft gate failure this card passed with (glare | too_blurry | partially_out_of_view), or low_score (a
+    # confident detection matching nothing), None when clean: such a card is never accepted, and the console
+    # and the server see why
     quality_flag: str | None = None
     # ambiguous cards: the card rectified at its own resolution in the frame (geometry.evidence_size) with
     # geometry.EVIDENCE_MARGIN of the frame around it, the crop the server's resolver gets instead of the
@@ -154,8 +157,8 @@ class VisionPipeline:
         ms = {"detect": (t1 - t0) * 1e3, "embed": 0.0, "match": 0.0}
         cards: list[CardResult] = []
         rejected: list[tuple[np.ndarray, str]] = []
-        # quad, crop, quality, orientation unsure, soft gate failure (None = clean), detection source
-        todo: list[tuple[np.ndarray, np.ndarray, dict, bool, str | None, str]] = []
+        # quad, crop, quality, orientation unsure, soft gate failure (None = clean), detection source, its score
+        todo: list[tuple[np.ndarray, np.ndarray, dict, bool, str | None, str, float]] = []
         for det in dets:
             flag = None
             reason = geometry_reject(det, frame.shape, self.gate)
@@ -174,12 +177,12 @@ class VisionPipeline:
             if flag == "partially_out_of_view":
                 quality["inside"] = round(inside_fraction(det.quad, frame.shape), 3)
             unsure = det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15
-            todo.append((det.quad, crop, quality, unsure, flag, det.source))
+            todo.append((det.quad, crop, quality, unsure, flag, det.source, det.score))
         # orientation unsure: the upside-down reading competes (the better match wins). A quad read landscape
         # (top side longer than the left side) is most likely a portrait card turned a quarter by the top map
         # (3 of the 9 real-sv1 no_card losses at seed 900000): the two quarter-turn readings compete too.
         variants: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for i, (quad, crop, _, unsure, _, _) in enumerate(todo):
+        for i, (quad, crop, _, unsure, _, _, _) in enumerate(todo):
             variants.append((i, quad, crop))
             rolls = [2] if unsure else []
             if is_landscape(quad):
@@ -211,6 +214,13 @@ class VisionPipeline:
                 if flag and dec == "no_card":  # nothing identifiable behind the failed gate: the gate's reject
                     rejected.append((quad, flag))
                     continue
+                if (dec == "no_card" and self.gate.unmatched_to_server and todo[i][5] == "cnn"
+                        and todo[i][6] >= self.gate.soft_min_detection_score):
+                    # A confident detection that matches nothing: on the real sv1 scans (seed 900000) mostly a
+                    # card whose corners are 40-130 px off (fingers, motion blur, a toploader), scoring like a
+                    # non-catalog object, so the score cannot tell them apart. The server looks again (wider
+                    # search, the frame around the quad) or a person does; the device never accepts it.
+                    dec, flag = "ambiguous", "low_score"
                 # card_id: the decided card (accept) or the best guess (ambiguous); None for no_card
                 evidence = (rectify(frame, quad, evidence_size(quad), EVIDENCE_MARGIN) if dec == "ambiguous"
                             else None)

@@ -137,7 +137,7 @@ class FinalAnswerSystem:
     def _decide(self, card) -> FinalCard:
         from pydantic import ValidationError
 
-        from server.resolver.worker import resolve_scan
+        from server.resolver.worker import required_confidence, resolve_scan
 
         dev = [c for c, _ in card.candidates]
         if card.decision not in ("accept", "ambiguous"):
@@ -160,7 +160,8 @@ class FinalAnswerSystem:
         self.last_cpu_ms = (time.process_time() - c0) * 1e3
         if res is None:  # unreadable crop: a person decides from the device shortlist
             return FinalCard("ambiguous", dev[0] if dev else None, dev, None, "needs_review", ms, quad=card.quad)
-        status = "resolved" if res.card_id and res.confidence >= self.threshold else "needs_review"
+        status = ("resolved" if res.card_id and res.confidence >= required_confidence(self.resolver, row, self.threshold)
+                  else "needs_review")
         return FinalCard("ambiguous", dev[0] if dev else None, dev, res.card_id, status, ms,
                          [c["card_id"] for c in res.candidates], float(res.confidence), card.quad,
                          resolver_cpu_ms=self.last_cpu_ms)

@@ -51,8 +51,10 @@ class ReviewItem(BaseModel):
     candidates: list[Candidate]
     has_crop: bool
     crop_url: str | None
-    quality_flag: str | None = Field(None, description="Soft quality-gate failure the device identified the card "
-                                     "despite (glare, too_blurry, partially_out_of_view): why the crop may be poor.")
+    quality_flag: str | None = Field(None, description="Why the device did not trust the card: a soft quality-gate "
+                                     "failure (glare, too_blurry, partially_out_of_view: the crop may be poor) or "
+                                     "low_score (nothing in the catalog matched on the device: maybe not a catalog "
+                                     "card at all).")
 
 
 class ReviewPage(BaseModel):

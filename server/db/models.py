@@ -243,8 +243,8 @@ class Scan(Base):
     crop: Mapped[bytes | None] = mapped_column(LargeBinary)
     # the frame border the crop keeps around the quad (protocol Scan.crop_margin); 0 = exactly the quad
     crop_margin: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
-    # the soft quality-gate failure (glare, too_blurry, partially_out_of_view) the device identified the card
-    # despite; such scans are always ambiguous
+    # why the device did not trust the card (protocol Scan.quality_flag): a soft quality-gate failure (glare,
+    # too_blurry, partially_out_of_view) or low_score (nothing matched on the device); always ambiguous
     quality_flag: Mapped[str | None] = mapped_column(String(32))
     bundle_version: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(16), index=True)

@@ -88,6 +88,8 @@ class ResolverConfig:
     max_siblings: int = 12
     max_contenders: int = 6
     accept_confidence: float = 0.9
+    # a scan the device matched to nothing (quality_flag low_score) needs more: see worker.required_confidence
+    low_score_accept_confidence: float = 0.999
     ocr: bool = False
     wide_top_k: int = 40  # second, wider search when "none of these" dominates (0 = off)
     wide_if_null: float = 0.5  # ... i.e. when P(none of these) is at least this

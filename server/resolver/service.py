@@ -55,7 +55,8 @@ def resolver_from_settings(settings) -> Resolver:
         r = _cache.get(key)
         if r is None:
             cfg = ResolverConfig(top_k=rs.top_k, max_candidates=rs.max_candidates,
-                                 accept_confidence=rs.accept_confidence, ocr=rs.ocr)
+                                 accept_confidence=rs.accept_confidence,
+                                 low_score_accept_confidence=rs.low_score_accept_confidence, ocr=rs.ocr)
             r = build_resolver(rs.catalog_dir, settings.data_dir, checkpoint=rs.checkpoint, model_name=rs.model_name,
                                pretrained=rs.pretrained, calibration=rs.calibration, index_kind=rs.index_kind,
                                config=cfg, keypoint_store=rs.keypoint_store)

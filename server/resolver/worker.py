@@ -46,6 +46,17 @@ def _device_candidates(scan: Scan) -> list[str]:
     return out
 
 
+def required_confidence(resolver, scan, threshold: float | None = None) -> float:
+    """The confidence ``scan`` must reach to be resolved: ``threshold`` (default ``accept_confidence``), or
+    ``low_score_accept_confidence`` when the device matched it to nothing (``quality_flag`` low_score). Such
+    scans are real cards whose corners the device got wrong as often as things that are not catalog cards at
+    all, and the calibration saw only catalog cards. Shared with the final-answer evaluation."""
+    t = resolver.config.accept_confidence if threshold is None else threshold
+    if getattr(scan, "quality_flag", None) == "low_score":
+        t = max(t, resolver.config.low_score_accept_confidence)
+    return t
+
+
 def resolve_scan(resolver, scan) -> object | None:
     """The resolver's answer for one stored ambiguous scan: its JPEG crop decoded, the device's candidates
     in the shortlist. None when the scan has no readable crop, or none with a card inside its margin (then a
@@ -137,7 +148,7 @@ class ResolverWorker:
         from server.collections_service import apply_scan
 
         res = resolve_scan(resolver, scan)
-        threshold = self.accept_confidence if self.accept_confidence is not None else resolver.config.accept_confidence
+        threshold = required_confidence(resolver, scan, self.accept_confidence)
         if res is not None and res.card_id and res.confidence >= threshold:
             scan.confidence = res.confidence
             try:

@@ -1,0 +1,163 @@
+"""What the device does with card-shaped things that are not in the catalog (simulated scanner-box frames).
+
+    .venv/bin/python -m models.eval.negatives --bundle models/bundles/demo --n 300 --seed 910000
+
+Each frame holds one object where a card would lie, drawn from four kinds (a quarter each):
+
+* ``playing_card``: a real playing card cut from the TRAIN photos by its box (TEST is never used);
+* ``mtg_photo``: a card-shaped cut of a real Magic: The Gathering photo (CollectorVision, magic_card_detector);
+* ``photo_patch``: a card-shaped patch of a real photo (TRAIN photos, away from the boxes' centres);
+* ``plain_card``: a blank card — one colour, a border, sensor-like noise.
+
+The frame goes through the capture simulator (lighting, blur, noise, JPEG) and the device pipeline. Reported
+per kind: frames, detections, and how many of them the device accepted (always wrong here), sent to the
+server as ambiguous (and of those ``low_score``: a clean confident detection below ``no_card_score``, see
+``GateConfig.unmatched_to_server``), called no_card, or rejected at its gate; with ``--resolver`` also what the server's resolver then answers
+(``final_resolved`` = a false entry in a collection, ``final_needs_review`` = a person is asked). Everything here is a real
+image except the plain cards; the Pokémon catalog is not involved, so an accept is a false accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+KINDS = ("playing_card", "mtg_photo", "photo_patch", "plain_card")
+CARD_ASPECT = 88 / 63  # height / width
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("SCANEMON_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+def _card_cut(img: np.ndarray, cx: float, cy: float, w: float) -> np.ndarray | None:
+    h = w * CARD_ASPECT
+    x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
+    x1, y1 = int(round(cx + w / 2)), int(round(cy + h / 2))
+    if w < 24 or x0 < 0 or y0 < 0 or x1 > img.shape[1] or y1 > img.shape[0]:
+        return None
+    return cv2.resize(img[y0:y1, x0:x1], (360, 504), interpolation=cv2.INTER_AREA)
+
+
+class Objects:
+    """Card-sized images of non-catalog things (see the module docstring)."""
+
+    def __init__(self, data: Path):
+        photos = data / "TensorFlow-Object-Detection-API-Tutorial-Train-Multiple-Objects-Windows-10" / "images"
+        self.train = photos / "train"
+        self.boxes = list(csv.DictReader(open(photos / "train_labels.csv", newline="")))
+        self.mtg = sorted((data / "CollectorVision" / "examples" / "images").glob("*.jpg")) + \
+            sorted((data / "magic_card_detector" / "example").glob("*.jpg"))
+        self.train_imgs = sorted(self.train.glob("*.jpg"))
+        if not self.boxes or not self.mtg or not self.train_imgs:
+            raise FileNotFoundError(f"negatives need the playing-card TRAIN photos and the MTG photos under {data}")
+
+    def draw(self, kind: str, rng: np.random.Generator) -> np.ndarray:
+        for _ in range(50):
+            out = self._try(kind, rng)
+            if out is not None:
+                return out
+        raise RuntimeError(f"no {kind} object found")
+
+    def _try(self, kind: str, rng: np.random.Generator) -> np.ndarray | None:
+        if kind == "playing_card":
+            b = self.boxes[int(rng.integers(len(self.boxes)))]
+            img = cv2.imread(str(self.train / b["filename"]))
+            if img is None:
+                return None
+            x0, y0, x1, y1 = (int(b[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+            if x1 - x0 < 20 or y1 - y0 < 28:
+                return None
+            return cv2.resize(img[y0:y1, x0:x1], (360, 504), interpolation=cv2.INTER_AREA)
+        if kind in ("mtg_photo", "photo_patch"):
+            pool = self.mtg if kind == "mtg_photo" else self.train_imgs
+            img = cv2.imread(str(pool[int(rng.integers(len(pool)))]))
+            if img is None:
+                return None
+            h, w = img.shape[:2]
+            cw = float(rng.uniform(0.2, 0.6)) * min(w, h / CARD_ASPECT)
+            return _card_cut(img, rng.uniform(cw / 2, w - cw / 2), rng.uniform(cw * CARD_ASPECT / 2, h - cw * CARD_ASPECT / 2), cw)
+        card = np.empty((504, 360, 3), np.uint8)
+        card[:] = rng.integers(30, 240, 3)
+        cv2.rectangle(card, (0, 0), (359, 503), tuple(int(v) for v in rng.integers(0, 256, 3)), int(rng.integers(6, 30)))
+        noise = rng.normal(0, 6, card.shape)
+        return np.clip(card + noise, 0, 255).astype(np.uint8)
+
+
+def run(a) -> dict:
+    from device.vision.geometry import quad_iou
+    from device.vision.pipeline import VisionPipeline
+    from models.synth.capture import CaptureConfig, simulate_capture
+
+    objects = Objects(Path(a.shared_data))
+    system = None
+    if a.resolver:  # the server's answer too: a "resolved" here is a false entry in a collection
+        from models.eval.final import FinalAnswerSystem
+
+        system = FinalAnswerSystem.build(a.bundle, a.catalog, a.data_dir)
+        pipe = system.pipeline
+    else:
+        pipe = VisionPipeline.from_bundle(a.bundle, num_threads=1)
+    if a.unmatched_to_server != "bundle":  # A/B of that policy on the same frames
+        pipe.gate = pipe.gate.model_copy(update={"unmatched_to_server": a.unmatched_to_server == "on"})
+    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
+    per: dict[str, Counter] = {k: Counter() for k in KINDS}
+    resolved_conf: dict[str, list[float]] = {}  # the resolver's confidence in each false resolution
+    for i in range(a.n):
+        rng = np.random.default_rng(a.seed + i)
+        kind = KINDS[i % len(KINDS)]
+        frame, labels = simulate_capture([objects.draw(kind, rng)], [f"not-a-card-{i}"], rng, cfg)
+        res = pipe.process(frame)
+        c = per[kind]
+        if system is not None:
+            for card in res.cards:
+                fc = system.decide(card)
+                c["final_" + fc.status] += 1
+                if card.quality_flag == "low_score":
+                    c["low_score_final_" + fc.status] += 1
+                if fc.status == "resolved":
+                    resolved_conf.setdefault(kind, []).append(round(float(fc.confidence), 4))
+        c["frames"] += 1
+        quad = np.array(labels["cards"][0]["quad"], np.float32)
+        for card in res.cards:
+            c["detections"] += 1
+            c[card.decision] += 1
+            if card.quality_flag == "low_score":
+                c["low_score"] += 1
+            c["on_the_object"] += quad_iou(card.quad, quad) >= 0.5
+        for _, reason in res.rejected:
+            c["detections"] += 1
+            c["rejected"] += 1
+        c["frames_with_a_scan"] += any(card.decision != "no_card" for card in res.cards)
+    total = sum(per.values(), Counter())
+    return {"bundle": a.bundle, "n": a.n, "seed": a.seed, "per_kind": {k: dict(v) for k, v in per.items()},
+            "total": dict(total), "false_resolution_confidences": resolved_conf}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="models/bundles/demo")
+    ap.add_argument("--n", type=int, default=300, help="frames (kinds in turn)")
+    ap.add_argument("--seed", type=int, default=910_000)
+    ap.add_argument("--shared-data", default=str(shared_data()))
+    ap.add_argument("--resolver", action="store_true", help="also resolve the ambiguous scans (server resolver)")
+    ap.add_argument("--catalog", default="var/catalog", help="rendered catalog (with --resolver)")
+    ap.add_argument("--data-dir", default="var", help="resolver index and keypoint store (with --resolver)")
+    ap.add_argument("--unmatched-to-server", choices=["bundle", "on", "off"], default="bundle",
+                    help="override GateConfig.unmatched_to_server (A/B of that policy on the same frames)")
+    a = ap.parse_args(argv)
+    out = run(a)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
