@@ -449,7 +449,7 @@ def markdown(report: dict, small: bool = False) -> str:
             ("reprint cards (same illustration elsewhere)", lambda s: str(s["reprint_cards"])),
             ("**final top-1, reprints**", lambda s: f"**{_pct(s['final_top1_reprints'])}**{_ci(s['final_top1_reprints_ci95'])}"),
             ("ambiguous: device top-1 → final top-1", lambda s: f"{_pct(s['ambiguous_device_top1'])} → {_pct(s['ambiguous_top1_after_resolver'])}"),
-            ("of them soft gate failures (glare, slight blur, sliver out of view): share of all / final top-1",
+            ("of them flagged (soft gate failure: glare, slight blur, sliver out of view; or low_score: matched nothing on the device): share of all / final top-1",
              lambda s: f"{s.get('soft_flagged', '–')} ({_pct(s.get('soft_flagged_rate'))}) / "
                        f"{_pct(s.get('soft_flagged_top1_after_resolver'))}"),
             ("resolver: resolved share / precision", lambda s: f"{_pct(s['resolved_rate_of_ambiguous'])} / {_pct(s['resolved_precision'])}"),
