@@ -19,7 +19,7 @@ export SCANEMON_SHARED_DATA := $(SHARED_DATA)
 
 .PHONY: help setup system-deps demo test test-fast reliability bench bench-report bench-ingest bench-faiss bench-collection \
         bench-resolver bench-device bench-accuracy bench-final \
-        eval eval-final models catalog serve clean
+        eval eval-final eval-negatives models catalog serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -116,6 +116,9 @@ eval: setup ## evaluation report under var/reports/eval/REPORT.md
 EVAL_FINAL_ARGS ?= --sets full_catalog_scanner_box,sv1_real_scans_scanner_box --n 3000 --n-sv1 600 --seed 900000
 eval-final: setup var/catalog/index.jsonl ## final answer (device + resolver), simulated captures -> var/reports/eval-final/REPORT.md
 	nice -n 10 $(BIN)/python -m models.eval.final $(EVAL_FINAL_ARGS) --out var/reports/eval-final --docs-copy docs/eval/final.md
+
+eval-negatives: setup var/catalog/index.jsonl ## non-catalog card-shaped objects in the scanner box: what device + resolver make of them
+	nice -n 10 $(BIN)/python -m models.eval.negatives --n 200 --resolver
 
 var/venv-export/bin/python:  # litert-torch pins typing-extensions<4.13, so the int8 exporter gets its own venv
 	$(PYTHON) -m venv var/venv-export

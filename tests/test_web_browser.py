@@ -64,7 +64,8 @@ def live_server(sqlite_catalog_url, tmp_path, shared_data):
     crop = cv2.imencode(".jpg", cv2.resize(img, (160, 223)))[1].tobytes() if img is not None else b""
     scans = [add_scan(db, device_id="pi-desk", collection_id=ash.collection_id, seq=i + 1, card_id=c, crop=crop or None,
                       candidates=[{"card_id": c, "score": 0.62}, {"card_id": alt, "score": 0.58}], quality_flag=flag)
-             for i, (c, alt, flag) in enumerate([("sv1-5", "sv1-6", None), ("sv1-8", "sv1-9", "glare")])]
+             for i, (c, alt, flag) in enumerate([("sv1-5", "sv1-6", None), ("sv1-8", "sv1-9", "glare"),
+                                                    ("sv1-11", "sv1-12", "low_score")])]
     app = create_app(settings, db)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -149,16 +150,18 @@ def test_login_filter_card_review_in_chromium(live_server):
             # Review: confirm the first scan with the suggested card.
             page.click("nav >> text=Review")
             page.wait_for_load_state()
-            assert page.locator(".review-item").count() == 2
+            assert page.locator(".review-item").count() == 3
             # the second scan's frame had glare: the reviewer sees why its crop may be poor
             assert page.locator(f"#scan-{live_server['scans'][1]} .flag").inner_text() == "glare"
             assert page.locator(f"#scan-{live_server['scans'][0]} .flag").count() == 0
+            # the third matched nothing on the device (low_score): maybe not a catalog card at all
+            assert page.locator(f"#scan-{live_server['scans'][2]} .flag").inner_text() == "unmatched on the device"
             _shot(page, "review.png")
             first = live_server["scans"][0]
             page.locator(f"#scan-{first} button.confirm").click()
             page.wait_for_load_state()
             assert page.locator("#review-done").inner_text().startswith("Saved: confirm")
-            assert page.locator(".review-item").count() == 1
+            assert page.locator(".review-item").count() == 2
 
             # Devices page lists the scanner.
             page.click("nav >> text=Devices")
