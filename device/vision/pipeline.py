@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -32,6 +33,18 @@ from device.vision.geometry import EVIDENCE_MARGIN, evidence_size, is_landscape,
 from device.vision.matcher import CatalogMatcher, Match
 
 TOP_K = 5
+
+
+class _Passed(NamedTuple):
+    """A detection that passed the gate (hard or soft), waiting to be embedded."""
+
+    quad: np.ndarray
+    crop: np.ndarray
+    quality: dict
+    unsure: bool  # orientation unsure: the upside-down reading competes
+    flag: str | None  # soft gate failure, None = clean
+    source: str  # cnn | contour
+    score: float  # the detection's confidence
 
 
 @dataclass
@@ -157,8 +170,7 @@ class VisionPipeline:
         ms = {"detect": (t1 - t0) * 1e3, "embed": 0.0, "match": 0.0}
         cards: list[CardResult] = []
         rejected: list[tuple[np.ndarray, str]] = []
-        # quad, crop, quality, orientation unsure, soft gate failure (None = clean), detection source, its score
-        todo: list[tuple[np.ndarray, np.ndarray, dict, bool, str | None, str, float]] = []
+        todo: list[_Passed] = []
         for det in dets:
             flag = None
             reason = geometry_reject(det, frame.shape, self.gate)
@@ -177,14 +189,15 @@ class VisionPipeline:
             if flag == "partially_out_of_view":
                 quality["inside"] = round(inside_fraction(det.quad, frame.shape), 3)
             unsure = det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15
-            todo.append((det.quad, crop, quality, unsure, flag, det.source, det.score))
+            todo.append(_Passed(det.quad, crop, quality, unsure, flag, det.source, det.score))
         # orientation unsure: the upside-down reading competes (the better match wins). A quad read landscape
         # (top side longer than the left side) is most likely a portrait card turned a quarter by the top map
         # (3 of the 9 real-sv1 no_card losses at seed 900000): the two quarter-turn readings compete too.
         variants: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for i, (quad, crop, _, unsure, _, _, _) in enumerate(todo):
-            variants.append((i, quad, crop))
-            rolls = [2] if unsure else []
+        for i, t in enumerate(todo):
+            quad = t.quad
+            variants.append((i, quad, t.crop))
+            rolls = [2] if t.unsure else []
             if is_landscape(quad):
                 rolls += [1, 3]
             for r in rolls:
@@ -204,9 +217,9 @@ class VisionPipeline:
                     best[i] = (m, quad, crop)
             for i in sorted(best):
                 m, quad, crop = best[i]
-                flag = todo[i][4]
+                flag = todo[i].flag
                 dec = decide(m, self.thresholds, soft=flag is not None)
-                if todo[i][5] == "contour" and self._cnn and m.score < self.thresholds.accept_score:
+                if todo[i].source == "contour" and self._cnn and m.score < self.thresholds.accept_score:
                     # the classical fallback where the CNN saw no card: on simulated captures it never once
                     # found a true card (≈ 5,500 cards, seed 900000) but fires on playmat prints and photo
                     # backgrounds, whose matches reach 0.45 — only a match as good as an accept makes it a card
@@ -214,8 +227,8 @@ class VisionPipeline:
                 if flag and dec == "no_card":  # nothing identifiable behind the failed gate: the gate's reject
                     rejected.append((quad, flag))
                     continue
-                if (dec == "no_card" and self.gate.unmatched_to_server and todo[i][5] == "cnn"
-                        and todo[i][6] >= self.gate.soft_min_detection_score):
+                if (dec == "no_card" and self.gate.unmatched_to_server and todo[i].source == "cnn"
+                        and todo[i].score >= self.gate.soft_min_detection_score):
                     # A confident detection that matches nothing: on the real sv1 scans (seed 900000) mostly a
                     # card whose corners are 40-130 px off (fingers, motion blur, a toploader), scoring like a
                     # non-catalog object, so the score cannot tell them apart. The server looks again (wider
@@ -225,7 +238,7 @@ class VisionPipeline:
                 evidence = (rectify(frame, quad, evidence_size(quad), EVIDENCE_MARGIN) if dec == "ambiguous"
                             else None)
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
-                                        list(zip(m.card_ids, m.scores)), crop, todo[i][2], flag, evidence))
+                                        list(zip(m.card_ids, m.scores)), crop, todo[i].quality, flag, evidence))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"
