@@ -7,6 +7,7 @@ as a local checkpoint (so the real loading paths are exercised either way).
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from datetime import datetime, timezone
@@ -500,3 +501,25 @@ def test_required_confidence_is_higher_for_scans_the_device_matched_to_nothing(r
     assert required_confidence(resolver, Scan(quality_flag="low_score")) == cfg.low_score_accept_confidence
     assert required_confidence(resolver, Scan(quality_flag=None), 0.5) == 0.5  # a worker's own threshold
     assert required_confidence(resolver, Scan(quality_flag="low_score"), 0.5) == cfg.low_score_accept_confidence
+
+
+def test_device_ranking_is_a_feature(resolver):
+    """The device's top-1 and its top-5 membership are features (``device_top1``, ``device_listed``): with the
+    committed calibration, the same crop scores the device's top-1 higher when the device ranked it first."""
+    from models.synth.capture import augment_crop
+    from server.resolver.resolver import FEATURES, Calibration
+
+    cal = Calibration.load()
+    assert cal.weights["device_top1"] > 0 and cal.weights["device_listed"] > 0
+    resolver = copy.copy(resolver)
+    resolver.calibration = cal
+    t1, listed = FEATURES.index("device_top1"), FEATURES.index("device_listed")
+    a, b = _reprint_pairs(resolver)[2][:2]
+    crop = augment_crop(resolver.catalog.image(a), np.random.default_rng(2), 0.8)
+    _, ids, X, _ = resolver.evidence(crop, [a, b])
+    assert X[ids.index(a), t1] == 1 and X[ids.index(b), t1] == 0
+    assert X[ids.index(a), listed] == X[ids.index(b), listed] == 1
+    assert all(X[i, listed] == 0 and X[i, t1] == 0 for i, c in enumerate(ids) if c not in (a, b))
+    _, ids2, X2, _ = resolver.evidence(crop, [b, a])
+    p, p2 = resolver.probabilities(X), resolver.probabilities(X2)
+    assert p[ids.index(a)] > p2[ids2.index(a)] and p[ids.index(b)] < p2[ids2.index(b)]

@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "models" / "server_model" / "checkpoints" / "resolver_calibration.json"
 FEATURES = ("emb", "emb_gap", "log_inliers", "inlier_share", "inlier_ratio", "region", "footer", "footer_gap",
-            "sibling_region")
+            "sibling_region", "device_top1", "device_listed")
 # Hand-set starting point (used when no calibration file exists); calibrate.py replaces them.
 DEFAULT_WEIGHTS = {"emb": 4.0, "emb_gap": 6.0, "log_inliers": 1.0, "inlier_share": 3.0, "inlier_ratio": 1.0,
-                   "region": 25.0, "footer": 2.0, "footer_gap": 4.0, "sibling_region": 25.0}
+                   "region": 25.0, "footer": 2.0, "footer_gap": 4.0, "sibling_region": 25.0, "device_top1": 0.5,
+                   "device_listed": 1.0}
 
 
 def sibling_region(pairs: dict[tuple[str, str], float], art: dict[str, str]) -> dict[str, float]:
@@ -173,10 +174,11 @@ class Resolver:
     # --- features ------------------------------------------------------------------------------------
 
     def features(self, crop_canon: np.ndarray, sims: dict[str, float], fine: np.ndarray | None = None,
-                 surround: V.Surround | None = None) -> tuple[list[str], np.ndarray, dict]:
+                 surround: V.Surround | None = None, device_candidates: Sequence[str] = ()) -> tuple[list[str], np.ndarray, dict]:
         """``fine``: the same view of the crop from its full resolution, for the region comparisons.
         ``surround``: the same view with the frame around the card (a crop sent with a margin), which the
-        homography alignment warps from, so a card foot the device's quad cut off is still compared."""
+        homography alignment warps from, so a card foot the device's quad cut off is still compared.
+        ``device_candidates``: the device's top-5, best first (its ranking is a feature)."""
         ids = [c for c in sims if c in self.catalog]
         if not ids:
             return [], np.zeros((0, len(FEATURES))), {}
@@ -247,7 +249,11 @@ class Resolver:
         X = np.array([[sims[c], sims[c] - best_emb, np.log1p(inl[c]), inl[c] / max(best_inl, 1),
                        ratio[c], region.get(c, 0.0), footer[c],
                        (footer[c] - best_footer) if c in aligned else -1.0,
-                       sibling.get(c, 0.0)] for c in ids], np.float64)
+                       sibling.get(c, 0.0),
+                       # the device's ranking (not its scores): it saw the whole frame; on hand-held crops with
+                       # bad corners its top-1 is right more often than the server's own evidence
+                       float(bool(device_candidates) and c == device_candidates[0]),
+                       float(c in device_candidates)] for c in ids], np.float64)
         detail = {"contenders": contenders, "inliers": {c: geo[c].inliers for c in ids}, "blur_sigma": sigma}
         return ids, X, detail
 
@@ -266,9 +272,10 @@ class Resolver:
     def resolve_crop(self, crop: np.ndarray, device_candidates: Sequence[str] = (),
                      quad: list | None = None, margin: float = 0.0) -> Resolution:
         """``device_candidates``: the device's shortlist, always verified (the device saw the card at full
-        resolution). Its scores are deliberately not a feature: fitted as one they lowered held-out top-1 in a
-        development run — the device's own ranking is what made it unsure. ``margin``: the crop's border
-        around the card (``Scan.crop_margin``)."""
+        resolution). Its scores are deliberately not a feature (fitted as one they lowered held-out top-1 in a
+        development run); its ranking is (``device_top1``, ``device_listed``: on hand-held crops the device's
+        top-1 is right more often than the server's own evidence, docs/resolver.md). ``margin``: the crop's
+        border around the card (``Scan.crop_margin``)."""
         t0 = time.perf_counter()
         embedded = self.embed_views(V.split_margin(crop, margin)[0])
         canon, ids, X, detail = self.evidence(crop, device_candidates, embedded=embedded, margin=margin)
@@ -307,7 +314,7 @@ class Resolver:
         canon, _, sims = self.shortlist(card, device_candidates, embedded=embedded, **kw)
         turned = canon is embedded[0][1]
         surround = V.Surround.of(padded, margin, turned) if padded is not None else None
-        ids, X, detail = self.features(canon, sims, self._fine(card, turned), surround)
+        ids, X, detail = self.features(canon, sims, self._fine(card, turned), surround, list(device_candidates))
         return canon, ids, X, detail
 
     @staticmethod

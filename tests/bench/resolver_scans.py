@@ -40,7 +40,7 @@ def collect(a) -> int:
     ids = sorted(system.resolver.index.ids)
     if a.subset == "sv1":
         ids = [c for c in ids if c.startswith("sv1-")]
-    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
+    cfg = CaptureConfig(size=(640, 480), mode=a.mode)
     n = 0
     with open(a.out, "w") as f:
         for i in range(a.n):
@@ -57,7 +57,7 @@ def collect(a) -> int:
                                         "crop_jpeg_b64": base64.b64encode(row.crop).decode(),
                                         "crop_margin": row.crop_margin or 0.0}) + "\n")
                     n += 1
-    print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}) -> {a.out}")
+    print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}, {a.mode}) -> {a.out}")
     return 0
 
 
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--catalog", default="var/catalog")
     c.add_argument("--data-dir", default="var")
     c.add_argument("--subset", choices=["all", "sv1"], default="all")
+    c.add_argument("--mode", choices=["scanner_box", "free", "grid"], default="scanner_box",
+                   help="capture mode of the frames (free = hand-held)")
     c.add_argument("--n", type=int, default=3000, help="frames")
     c.add_argument("--seed", type=int, default=900_000)
     c.add_argument("--out", required=True)
