@@ -83,7 +83,7 @@ class ResolverSettings(BaseModel):
         0.999, ge=0, le=1, description="Confidence needed to resolve a scan the device matched to nothing "
         "(quality_flag low_score: a confident detection below its no-card score) — often not a catalog card at "
         "all; on simulated scanner-box frames of playing cards and photo patches the resolver gave such scans up "
-        "to 0.995 (models.eval.negatives). Above 1: always a person.")
+        "to 0.995 (models.eval.negatives --resolver --low-score-accept-confidence 0.9).")
     keypoint_store: bool = Field(True, description="Precompute the ORB keypoints of every catalog face once per "
                                  "catalog version (data_dir/keypoints, ~36 bytes × 700 per face, about a minute "
                                  "per 10k faces on 2 cores) instead of per scan.")

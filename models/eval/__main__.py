@@ -8,16 +8,13 @@ run the chosen identifier, write ``var/reports/eval/REPORT.md`` with plots and c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from models.eval import shared_data
+
 DEFAULT_SETS = "base1,base4,sv1,sv3pt5,swsh1,cel25,xy12"
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("SCANEMON_SHARED_DATA", "/work/shared/data"))
 
 
 def reprint_pair(cards, set_index):

@@ -13,7 +13,9 @@ The frame goes through the capture simulator (lighting, blur, noise, JPEG) and t
 per kind: frames, detections, and how many of them the device accepted (always wrong here), sent to the
 server as ambiguous (and of those ``low_score``: a clean confident detection below ``no_card_score``, see
 ``GateConfig.unmatched_to_server``), called no_card, or rejected at its gate; with ``--resolver`` also what the server's resolver then answers
-(``final_resolved`` = a false entry in a collection, ``final_needs_review`` = a person is asked). Everything here is a real
+(``final_resolved`` = a false entry in a collection, ``final_needs_review`` = a person is asked; with
+``--low-score-accept-confidence 0.9`` as before that bar existed); with ``--catalog-frames N`` also the low_score
+scans on ordinary catalog frames that lie on no labelled card. Everything here is a real
 image except the plain cards; the Pokémon catalog is not involved, so an accept is a false accept.
 """
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -30,12 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.eval import shared_data
+
 KINDS = ("playing_card", "mtg_photo", "photo_patch", "plain_card")
 CARD_ASPECT = 88 / 63  # height / width
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("SCANEMON_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 def _card_cut(img: np.ndarray, cx: float, cy: float, w: float) -> np.ndarray | None:
@@ -103,6 +102,8 @@ def run(a) -> dict:
         from models.eval.final import FinalAnswerSystem
 
         system = FinalAnswerSystem.build(a.bundle, a.catalog, a.data_dir)
+        if a.low_score_accept_confidence is not None:  # e.g. 0.9: what the resolver did before that bar
+            system.resolver.config.low_score_accept_confidence = a.low_score_accept_confidence
         pipe = system.pipeline
     else:
         pipe = VisionPipeline.from_bundle(a.bundle, num_threads=1)
@@ -138,8 +139,35 @@ def run(a) -> dict:
             c["rejected"] += 1
         c["frames_with_a_scan"] += any(card.decision != "no_card" for card in res.cards)
     total = sum(per.values(), Counter())
-    return {"bundle": a.bundle, "n": a.n, "seed": a.seed, "per_kind": {k: dict(v) for k, v in per.items()},
-            "total": dict(total), "false_resolution_confidences": resolved_conf}
+    out = {"bundle": a.bundle, "n": a.n, "seed": a.seed, "per_kind": {k: dict(v) for k, v in per.items()},
+           "total": dict(total), "false_resolution_confidences": resolved_conf}
+    if a.catalog_frames:
+        out["catalog_frames"] = catalog_low_score(pipe, a)
+    return out
+
+
+def catalog_low_score(pipe, a) -> dict:
+    """The other side of the low_score policy: on ordinary frames of catalog cards, how many low_score scans lie
+    on a labelled card (a card rescued) and how many on none (a review item for nothing)."""
+    from device.vision.geometry import quad_iou
+    from models.synth.capture import CaptureConfig
+    from models.synth.dataset import make_frame
+
+    ids = sorted(json.loads(x)["card_id"] for x in (Path(a.catalog) / "index.jsonl").read_text().splitlines() if x.strip())
+    out = {}
+    for mode in ("scanner_box", "grid", "free"):
+        cfg = CaptureConfig(size=(640, 480), mode=mode)
+        c = Counter()
+        for i in range(a.catalog_frames):
+            frame, labels = make_frame(a.catalog, ids, a.catalog_seed, i, cfg)
+            quads = [np.array(x["quad"], np.float32) for x in labels["cards"]]
+            c["frames"] += 1
+            for card in pipe.process(frame).cards:
+                if card.quality_flag == "low_score":
+                    on = max((quad_iou(card.quad, q) for q in quads), default=0.0) >= 0.5
+                    c["low_score_on_a_card" if on else "low_score_on_no_card"] += 1
+        out[mode] = dict(c)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolver", action="store_true", help="also resolve the ambiguous scans (server resolver)")
     ap.add_argument("--catalog", default="var/catalog", help="rendered catalog (with --resolver)")
     ap.add_argument("--data-dir", default="var", help="resolver index and keypoint store (with --resolver)")
+    ap.add_argument("--low-score-accept-confidence", type=float, default=None,
+                    help="override resolver.low_score_accept_confidence (with --resolver)")
+    ap.add_argument("--catalog-frames", type=int, default=0,
+                    help="also run this many frames of catalog cards per capture mode (scanner box, grid, hand-held) "
+                         "and count the low_score scans on / off a labelled card")
+    ap.add_argument("--catalog-seed", type=int, default=920_000)
     ap.add_argument("--unmatched-to-server", choices=["bundle", "on", "off"], default="bundle",
                     help="override GateConfig.unmatched_to_server (A/B of that policy on the same frames)")
     a = ap.parse_args(argv)
