@@ -132,3 +132,27 @@ def test_scan_the_outbox_refuses_has_no_final_answer(system):
         fc = sysm.decide(bad)
         assert fc.status == "protocol_error" and fc.final is None and fc.resolver_ms is None
         assert "ex10 bad id" in fc.error
+
+
+def test_frame_size_option_draws_the_same_scene_at_more_pixels(tmp_path):
+    """``--frame-size`` (the appliance's picamera2 default is 1280x960): the same seed gives the same cards at
+    the same relative place, with every label scaled to the frame; malformed sizes are refused with the reason."""
+    import cv2
+
+    from models.eval import frame_size
+    from models.synth.capture import CaptureConfig
+    from models.synth.dataset import make_frame
+
+    assert frame_size("1280x960") == (1280, 960) and frame_size("640X480") == (640, 480)
+    for bad in ("1280", "1280x", "axb", "10x10"):
+        with pytest.raises(ValueError, match="frame size"):
+            frame_size(bad)
+    rng = np.random.default_rng(0)
+    ids = [f"card-{i}" for i in range(5)]
+    for i in ids:
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), rng.integers(0, 256, (504, 360, 3), dtype=np.uint8))
+    small, ls = make_frame(str(tmp_path), ids, 77, 0, CaptureConfig(size=(640, 480), mode="scanner_box"))
+    big, lb = make_frame(str(tmp_path), ids, 77, 0, CaptureConfig(size=(1280, 960), mode="scanner_box"))
+    assert small.shape[:2] == (480, 640) and big.shape[:2] == (960, 1280)
+    assert [c["card_id"] for c in ls["cards"]] == [c["card_id"] for c in lb["cards"]]
+    np.testing.assert_allclose(np.array(lb["cards"][0]["quad"]) / 2, np.array(ls["cards"][0]["quad"]), atol=2.0)

@@ -523,3 +523,41 @@ def test_device_ranking_is_a_feature(resolver):
     _, ids2, X2, _ = resolver.evidence(crop, [b, a])
     p, p2 = resolver.probabilities(X), resolver.probabilities(X2)
     assert p[ids.index(a)] > p2[ids2.index(a)] and p[ids.index(b)] < p2[ids2.index(b)]
+
+
+def test_calibration_learns_none_of_these_from_non_catalog_scans(resolver, shared_data):
+    """Scans of things that are not in the catalog (real playing cards, MTG photos and photo patches, as
+    ``models.eval.negatives --scans-out`` writes them: ``card_id`` null) teach the "none of these" model
+    (``calibrate.fit_null``, weights on the leading candidate's evidence): held-out crops of such things then
+    get a far lower confidence, while the ranking of every catalog capture, hence its answer, stays the same."""
+    from models.eval.negatives import Objects
+    from models.server_model.calibrate import fit, fit_null, simulate
+    from models.synth.capture import augment_crop
+    from server.resolver.resolver import FEATURES, Calibration
+
+    pos = simulate(resolver, sorted(resolver.index.ids)[:16], seed=5, device_group=0.5)
+    objects, rng = Objects(shared_data), np.random.default_rng(7)
+
+    def negatives(n: int) -> list[dict]:
+        rows = []
+        for i in range(n):
+            img = augment_crop(objects.draw(("playing_card", "mtg_photo", "photo_patch")[i % 3], rng), rng, 0.6)
+            _, ids, X, _ = resolver.evidence(img, [])
+            rows.append({"card_id": None, "ids": ids, "X": X})
+        return rows
+
+    train_neg, held_out_neg = negatives(18), negatives(12)
+    w, nb = fit(pos, iters=600)
+    weights = {f: float(v) for f, v in zip(FEATURES, w)}
+    v, nb2 = fit_null(pos + train_neg, w, iters=600)
+    before = copy.copy(resolver)
+    before.calibration = Calibration(weights, 1.0, {}, nb)
+    after = copy.copy(resolver)
+    after.calibration = Calibration(weights, 1.0, {}, nb2, {f: float(x) for f, x in zip(FEATURES, v)})
+    for x in pos:
+        assert np.argmax(before.probabilities(x["X"])) == np.argmax(after.probabilities(x["X"]))
+    conf = {name: float(np.mean([r.probabilities(x["X"]).max() for x in held_out_neg]))
+            for name, r in (("before", before), ("after", after))}
+    pos_after = float(np.mean([after.probabilities(x["X"]).max() for x in pos if x["card_id"] in x["ids"]]))
+    assert conf["after"] < conf["before"] - 0.1, conf
+    assert pos_after > 0.8

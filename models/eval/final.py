@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from device.vision.geometry import quad_iou
+from models.eval import frame_size
 from models.synth.capture import CaptureConfig
 from models.synth.dataset import make_frame
 
@@ -316,8 +317,9 @@ def reprint_ids_of(meta: dict[str, dict], ids) -> set[str]:
 
 
 def run_set(system: FinalAnswerSystem, catalog: str, ids: list[str], n: int, seed: int, mode: str,
-            reprint_ids: set[str], progress: str | None = None, rows_file=None) -> list[dict]:
-    cfg = CaptureConfig(size=(640, 480), mode=mode)
+            reprint_ids: set[str], progress: str | None = None, rows_file=None,
+            size: tuple[int, int] = (640, 480)) -> list[dict]:
+    cfg = CaptureConfig(size=size, mode=mode)
     recs: list[dict] = []
     t0 = time.time()
     for i in range(n):
@@ -335,14 +337,15 @@ def run_set(system: FinalAnswerSystem, catalog: str, ids: list[str], n: int, see
     return recs
 
 
-def calibration_rows(system: FinalAnswerSystem, catalog: str, ids: list[str], n: int, seed: int, mode: str) -> list[dict]:
+def calibration_rows(system: FinalAnswerSystem, catalog: str, ids: list[str], n: int, seed: int, mode: str,
+                     size: tuple[int, int] = (640, 480)) -> list[dict]:
     """Resolver feature matrices for the device's ambiguous scans of ``n`` simulated captures: what the
     resolver really sees in production (device crop after the JPEG round trip, device candidates)."""
     import cv2
 
     from server.resolver.worker import _device_candidates
 
-    cfg = CaptureConfig(size=(640, 480), mode=mode)
+    cfg = CaptureConfig(size=size, mode=mode)
     rows = []
     for i in range(n):
         frame, labels = make_frame(catalog, ids, seed, i, cfg)
@@ -365,7 +368,7 @@ def calibration_rows(system: FinalAnswerSystem, catalog: str, ids: list[str], n:
 
 
 def fit_calibration(system: FinalAnswerSystem, catalog: str, subsets: dict[str, list[str]], specs: list[str],
-                    n: int, seed: int, out: str) -> dict:
+                    n: int, seed: int, out: str, size: tuple[int, int] = (640, 480)) -> dict:
     """Refit the resolver's conditional logit (``models.server_model.calibrate.fit``) on device-ambiguous scans
     of simulated captures (seed far from the evaluation's) and write the calibration JSON."""
     from models.server_model.calibrate import evaluate, fit
@@ -374,7 +377,7 @@ def fit_calibration(system: FinalAnswerSystem, catalog: str, subsets: dict[str, 
     rows: list[dict] = []
     for name in specs:
         subset, mode = SETS[name]
-        rows += calibration_rows(system, catalog, subsets[subset], n, seed, mode)
+        rows += calibration_rows(system, catalog, subsets[subset], n, seed, mode, size)
         print(f"calibration: {name}: {len(rows)} ambiguous scans so far", flush=True)
     r = system.resolver
     before = evaluate(r, rows, r.config.accept_confidence)
@@ -431,7 +434,7 @@ def markdown(report: dict, small: bool = False) -> str:
              "(`models/synth/capture.py`). sv1 sets use the 258 real sv1 scans as the card faces. "
              "No real camera photo of a TCG card exists here.", "",
              f"Command: `{report['command']}`", "",
-             f"Seed {report['seed']}; bundle `{p['bundle']}` version `{p['bundle_version']}` (manifest sha256 "
+             f"Seed {report['seed']}; frames {'x'.join(map(str, report.get('frame_size', (640, 480))))}; bundle `{p['bundle']}` version `{p['bundle_version']}` (manifest sha256 "
              f"{p['bundle_manifest_sha256']}, detector {p['detector_tflite_sha256']}); resolver `{p['resolver_model']}`, "
              f"{p['resolver_cards']} cards ({p['resolver_index']}), calibration sha256 {p['calibration_sha256']}, "
              f"accept_confidence {p['accept_confidence']}; git {p['git_commit']}{' (dirty)' if p['git_dirty'] else ''}; "
@@ -508,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-sv1", type=int, default=None, help="frames for the sv1 sets (default --n)")
     ap.add_argument("--n-set", action="append", default=[], metavar="SET=N", help="frames for one set (repeatable)")
     ap.add_argument("--seed", type=int, default=EVAL_SEED)
+    ap.add_argument("--frame-size", type=frame_size, default=(640, 480), metavar="WxH",
+                    help="simulated camera frame size (default 640x480; the appliance's picamera2 default is 1280x960)")
     ap.add_argument("--threads", type=int, default=1, help="TFLite, torch and OpenCV threads")
     ap.add_argument("--ocr", action="store_true", help="resolver OCR tie-break (off in production by default)")
     ap.add_argument("--out", default="var/reports/eval-final")
@@ -562,12 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     subsets = {"all": all_ids, "sv1": sorted(c for c in all_ids if meta.get(c, {}).get("real_scan")),
                "reprints": sorted(reprints)}
     if a.fit_calibration:
-        fit_calibration(system, a.catalog, subsets, wanted, a.n, a.seed, a.fit_calibration)
+        fit_calibration(system, a.catalog, subsets, wanted, a.n, a.seed, a.fit_calibration, a.frame_size)
         return 0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"command": " ".join([".venv/bin/python -m models.eval.final"] + (argv if argv is not None else sys.argv[1:])),
-              "seed": a.seed, "provenance": provenance(Path(a.bundle), system, a.calibration), "sets": {}}
+              "seed": a.seed, "frame_size": list(a.frame_size), "provenance": provenance(Path(a.bundle), system, a.calibration), "sets": {}}
     if a.baseline:
         b = json.loads(Path(a.baseline).read_text())
         report["baseline"] = {"label": a.baseline, "sets": b["sets"], "provenance": b.get("provenance")}
@@ -578,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.time()
         with open(out / f"rows-{name}.jsonl", "w") as rows_file:
             recs = run_set(system, a.catalog, subsets[subset], n, a.seed, mode, reprints, progress=name,
-                           rows_file=rows_file)
+                           rows_file=rows_file, size=a.frame_size)
         s = {"frames": n, "mode": mode, "catalog_subset": subset, "subset_cards": len(subsets[subset]), **summarize(recs),
              "seconds": round(time.time() - t1, 1)}
         report["sets"][name] = s

@@ -15,13 +15,16 @@ server as ambiguous (and of those ``low_score``: a clean confident detection bel
 ``GateConfig.unmatched_to_server``), called no_card, or rejected at its gate; with ``--resolver`` also what the server's resolver then answers
 (``final_resolved`` = a false entry in a collection, ``final_needs_review`` = a person is asked; with
 ``--low-score-accept-confidence 0.9`` as before that bar existed); with ``--catalog-frames N`` also the low_score
-scans on ordinary catalog frames that lie on no labelled card. Everything here is a real
+scans on ordinary catalog frames that lie on no labelled card; with ``--scans-out FILE`` the ambiguous scans as
+stored rows (``card_id`` null), in ``tests.bench.resolver_scans``' format, so the resolver's calibration can be fitted
+with them as "none of these" samples (use a seed far from the evaluation's 910000). Everything here is a real
 image except the plain cards; the Pokémon catalog is not involved, so an accept is a false accept.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import sys
@@ -31,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.eval import shared_data
+from models.eval import frame_size, shared_data
 
 KINDS = ("playing_card", "mtg_photo", "photo_patch", "plain_card")
 CARD_ASPECT = 88 / 63  # height / width
@@ -101,7 +104,7 @@ def run(a) -> dict:
     if a.resolver:  # the server's answer too: a "resolved" here is a false entry in a collection
         from models.eval.final import FinalAnswerSystem
 
-        system = FinalAnswerSystem.build(a.bundle, a.catalog, a.data_dir)
+        system = FinalAnswerSystem.build(a.bundle, a.catalog, a.data_dir, calibration=a.calibration)
         if a.low_score_accept_confidence is not None:  # e.g. 0.9: what the resolver did before that bar
             system.resolver.config.low_score_accept_confidence = a.low_score_accept_confidence
         pipe = system.pipeline
@@ -109,7 +112,8 @@ def run(a) -> dict:
         pipe = VisionPipeline.from_bundle(a.bundle, num_threads=1)
     if a.unmatched_to_server != "bundle":  # A/B of that policy on the same frames
         pipe.gate = pipe.gate.model_copy(update={"unmatched_to_server": a.unmatched_to_server == "on"})
-    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
+    cfg = CaptureConfig(size=a.frame_size, mode="scanner_box")
+    scans_out = open(a.scans_out, "w") if a.scans_out else None
     per: dict[str, Counter] = {k: Counter() for k in KINDS}
     resolved_conf: dict[str, list[float]] = {}  # the resolver's confidence in each false resolution
     for i in range(a.n):
@@ -120,6 +124,14 @@ def run(a) -> dict:
         c = per[kind]
         if system is not None:
             for card in res.cards:
+                if scans_out is not None and card.decision == "ambiguous":
+                    from server.resolver.worker import _device_candidates
+
+                    row = system._stored_scan(card)  # as the worker finds it (resolver_scans collect's rows)
+                    scans_out.write(json.dumps({"card_id": None, "kind": kind, "frame": i,
+                                                "device_candidates": _device_candidates(row),
+                                                "crop_jpeg_b64": base64.b64encode(row.crop).decode(),
+                                                "crop_margin": row.crop_margin or 0.0}) + "\n")
                 fc = system.decide(card)
                 c["final_" + fc.status] += 1
                 if card.quality_flag == "low_score":
@@ -138,8 +150,10 @@ def run(a) -> dict:
             c["detections"] += 1
             c["rejected"] += 1
         c["frames_with_a_scan"] += any(card.decision != "no_card" for card in res.cards)
+    if scans_out is not None:
+        scans_out.close()
     total = sum(per.values(), Counter())
-    out = {"bundle": a.bundle, "n": a.n, "seed": a.seed, "per_kind": {k: dict(v) for k, v in per.items()},
+    out = {"bundle": a.bundle, "n": a.n, "seed": a.seed, "frame_size": list(a.frame_size), "per_kind": {k: dict(v) for k, v in per.items()},
            "total": dict(total), "false_resolution_confidences": resolved_conf}
     if a.catalog_frames:
         out["catalog_frames"] = catalog_low_score(pipe, a)
@@ -156,7 +170,7 @@ def catalog_low_score(pipe, a) -> dict:
     ids = sorted(json.loads(x)["card_id"] for x in (Path(a.catalog) / "index.jsonl").read_text().splitlines() if x.strip())
     out = {}
     for mode in ("scanner_box", "grid", "free"):
-        cfg = CaptureConfig(size=(640, 480), mode=mode)
+        cfg = CaptureConfig(size=a.frame_size, mode=mode)
         c = Counter()
         for i in range(a.catalog_frames):
             frame, labels = make_frame(a.catalog, ids, a.catalog_seed, i, cfg)
@@ -175,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default="models/bundles/demo")
     ap.add_argument("--n", type=int, default=300, help="frames (kinds in turn)")
     ap.add_argument("--seed", type=int, default=910_000)
+    ap.add_argument("--frame-size", type=frame_size, default=(640, 480), metavar="WxH",
+                    help="simulated camera frame size (the appliance's picamera2 default is 1280x960)")
     ap.add_argument("--shared-data", default=str(shared_data()))
     ap.add_argument("--resolver", action="store_true", help="also resolve the ambiguous scans (server resolver)")
     ap.add_argument("--catalog", default="var/catalog", help="rendered catalog (with --resolver)")
     ap.add_argument("--data-dir", default="var", help="resolver index and keypoint store (with --resolver)")
+    ap.add_argument("--calibration", default=None, help="resolver calibration JSON (default: the committed one)")
     ap.add_argument("--low-score-accept-confidence", type=float, default=None,
                     help="override resolver.low_score_accept_confidence (with --resolver)")
     ap.add_argument("--catalog-frames", type=int, default=0,
@@ -187,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--catalog-seed", type=int, default=920_000)
     ap.add_argument("--unmatched-to-server", choices=["bundle", "on", "off"], default="bundle",
                     help="override GateConfig.unmatched_to_server (A/B of that policy on the same frames)")
+    ap.add_argument("--scans-out", default=None, metavar="JSONL",
+                    help="write the ambiguous scans here as stored rows with card_id null (needs --resolver), "
+                         "for `tests.bench.resolver_scans fit --scans …`")
     a = ap.parse_args(argv)
+    if a.scans_out and not a.resolver:
+        ap.error("--scans-out needs --resolver (the rows are built as the server stores them)")
     out = run(a)
     print(json.dumps(out, indent=1))
     return 0

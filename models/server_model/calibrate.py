@@ -97,6 +97,43 @@ def fit(rows, l2: float = 1e-3, iters: int = 1500, lr: float = 0.05) -> tuple[np
     return w_raw, float(theta[d] + mu @ w_raw)
 
 
+def fit_null(rows, w: np.ndarray, l2: float = 1e-3, iters: int = 1500, lr: float = 0.05) -> tuple[np.ndarray, float]:
+    """With the ranking weights ``w`` (raw features) fixed, fit only the "none of these" utility
+    ``b + v . x_leader`` (x_leader: the features of the shortlist's best-ranked candidate) by maximum likelihood.
+
+    Returns (v on raw features, b). Why: fitting everything on catalog scans plus scans of non-catalog objects
+    (``models.eval.negatives --scans-out``, ``card_id`` null) moved the ranking weights too and lowered the
+    held-out top-1; here the ranking, hence the answer, stays exactly as fitted, and only the confidence learns
+    that weak absolute evidence on the leader means "not a catalog card"."""
+    data = []
+    for r in rows:
+        if not len(r["ids"]):
+            continue
+        z = r["X"] @ w
+        data.append((z, r["X"][int(np.argmax(z))], r["ids"].index(r["card_id"]) if r["card_id"] in r["ids"] else -1))
+    lead = np.stack([x for _, x, _ in data])
+    mu, sd = lead.mean(0), lead.std(0) + 1e-6
+    d = lead.shape[1]
+    theta = np.zeros(d + 1)  # standardised null weights + bias
+    m = np.zeros(d + 1)
+    v = np.zeros(d + 1)
+    items = [(z - z.max(), (x - mu) / sd, y, z.max()) for z, x, y in data]
+    for t in range(1, iters + 1):
+        g = l2 * np.append(theta[:d], 0.0)
+        for z, x, y, zmax in items:
+            nl = theta[d] + x @ theta[:d] - zmax  # null utility, shifted like z
+            top = max(0.0, nl)
+            p_null = np.exp(nl - top) / (np.exp(z - top).sum() + np.exp(nl - top))
+            r_ = p_null - (1.0 if y < 0 else 0.0)
+            g[:d] += r_ * x / len(items)
+            g[d] += r_ / len(items)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    v_raw = theta[:d] / sd
+    return v_raw, float(theta[d] - mu @ v_raw)
+
+
 def evaluate(resolver, rows, threshold: float) -> dict:
     top1 = []
     conf = []

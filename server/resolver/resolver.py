@@ -60,9 +60,19 @@ class Calibration:
     # Utility of "none of these" (the true card is not in the shortlist): lets absolute evidence (few inliers,
     # low similarity) lower the confidence, which a softmax over the shortlist alone could not.
     null_bias: float | None = None
+    # Optional weights on the leading candidate's features in that utility (``null_bias + null_weights .
+    # x_leader``). Why apart from ``weights``: those rank the shortlist; the null model says whether the thing
+    # is in the catalog at all, and is fitted with scans of non-catalog objects too
+    # (``models.server_model.calibrate.fit_null``) without moving the ranking.
+    null_weights: dict[str, float] | None = None
 
     def vector(self) -> np.ndarray:
         return np.array([self.weights.get(f, 0.0) for f in FEATURES], np.float64)
+
+    def null_vector(self) -> np.ndarray | None:
+        if not self.null_weights:
+            return None
+        return np.array([self.null_weights.get(f, 0.0) for f in FEATURES], np.float64)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Calibration":
@@ -73,12 +83,15 @@ class Calibration:
             log.warning("no resolver calibration at %s; using built-in weights", p)
             return cls()
         d = json.loads(p.read_text())
-        return cls(d["weights"], d.get("temperature", 1.0), d.get("meta", {}), d.get("null_bias"))
+        return cls(d["weights"], d.get("temperature", 1.0), d.get("meta", {}), d.get("null_bias"),
+                   d.get("null_weights"))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"features": list(FEATURES), "weights": self.weights,
-                                          "temperature": self.temperature, "null_bias": self.null_bias,
-                                          "meta": self.meta}, indent=1))
+        d = {"features": list(FEATURES), "weights": self.weights, "temperature": self.temperature,
+             "null_bias": self.null_bias, "meta": self.meta}
+        if self.null_weights:
+            d["null_weights"] = self.null_weights
+        Path(path).write_text(json.dumps(d, indent=1))
 
 
 @dataclass
@@ -262,6 +275,9 @@ class Resolver:
         t = max(self.calibration.temperature, 1e-6)
         z = X @ self.calibration.vector() / t
         nb = self.calibration.null_bias
+        nv = self.calibration.null_vector()
+        if nb is not None and nv is not None and len(z):
+            nb = nb + float(X[int(np.argmax(z))] @ nv)
         zz = np.append(z, nb / t) if nb is not None else z
         m = zz.max()
         e = np.exp(z - m)

@@ -40,7 +40,7 @@ def collect(a) -> int:
     ids = sorted(system.resolver.index.ids)
     if a.subset == "sv1":
         ids = [c for c in ids if c.startswith("sv1-")]
-    cfg = CaptureConfig(size=(640, 480), mode=a.mode)
+    cfg = CaptureConfig(size=a.frame_size, mode=a.mode)
     n = 0
     with open(a.out, "w") as f:
         for i in range(a.n):
@@ -57,7 +57,8 @@ def collect(a) -> int:
                                         "crop_jpeg_b64": base64.b64encode(row.crop).decode(),
                                         "crop_margin": row.crop_margin or 0.0}) + "\n")
                     n += 1
-    print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}, {a.mode}) -> {a.out}")
+    print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}, {a.mode}, "
+          f"{a.frame_size[0]}x{a.frame_size[1]}) -> {a.out}")
     return 0
 
 
@@ -114,11 +115,13 @@ def fit_scans(a) -> int:
     fit as ``models.eval.final --fit-calibration``, without re-running the device on every frame."""
     import cv2
 
-    from models.server_model.calibrate import evaluate, fit
+    from models.server_model.calibrate import evaluate, fit, fit_null
     from server.resolver.resolver import FEATURES, Calibration
     from server.resolver.service import build_resolver
 
     r = build_resolver(a.catalog, a.data_dir)
+    if a.calibration:
+        r.calibration = Calibration.load(a.calibration)
     rows = []
     for path in a.scans.split(","):
         for line in open(path):
@@ -127,11 +130,17 @@ def fit_scans(a) -> int:
             _, ids, X, _ = r.evidence(img, x["device_candidates"], margin=x.get("crop_margin", 0.0))
             rows.append({"card_id": x["card_id"], "ids": ids, "X": X})
     before = evaluate(r, rows, r.config.accept_confidence)
-    w, nb = fit(rows)
-    r.calibration = Calibration({f: float(v) for f, v in zip(FEATURES, w)}, 1.0,
-                                {"n": len(rows), "scans": a.scans, "source": "device-ambiguous scans of simulated "
-                                 "captures (tests/bench/resolver_scans.py collect)", "model_id": r.embedder.model_id,
-                                 "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, nb)
+    meta = {"n": len(rows), "scans": a.scans, "source": "device-ambiguous scans of simulated captures "
+            "(tests/bench/resolver_scans.py collect; card_id null: models.eval.negatives --scans-out)",
+            "model_id": r.embedder.model_id, "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if a.null_only:  # the ranking of the loaded calibration stays; only "none of these" is refitted
+        v, nb = fit_null(rows, r.calibration.vector())
+        meta = {**r.calibration.meta, "null_model": {**meta, "n_none_of_these": sum(x["card_id"] is None for x in rows)}}
+        r.calibration = Calibration(dict(r.calibration.weights), r.calibration.temperature, meta, nb,
+                                    {f: float(x) for f, x in zip(FEATURES, v)})
+    else:
+        w, nb = fit(rows)
+        r.calibration = Calibration({f: float(v) for f, v in zip(FEATURES, w)}, 1.0, meta, nb)
     after = evaluate(r, rows, r.config.accept_confidence)
     r.calibration.save(a.out)
     print("calibration before:", json.dumps(before), "\nafter (train):", json.dumps(after), "\nwrote", a.out)
@@ -139,6 +148,8 @@ def fit_scans(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.eval import frame_size
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect", help="the device's ambiguous scans of simulated scanner-box frames")
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="capture mode of the frames (free = hand-held)")
     c.add_argument("--n", type=int, default=3000, help="frames")
     c.add_argument("--seed", type=int, default=900_000)
+    c.add_argument("--frame-size", type=frame_size, default=(640, 480), metavar="WxH",
+                   help="simulated camera frame size (the appliance's picamera2 default is 1280x960)")
     c.add_argument("--out", required=True)
     t = sub.add_parser("time", help="resolve the collected scans: top-1 and CPU ms per scan (1 OpenCV thread)")
     t.add_argument("--scans", required=True)
@@ -164,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--catalog", default="var/catalog")
     f.add_argument("--data-dir", default="var")
     f.add_argument("--out", required=True, help="calibration JSON to write")
+    f.add_argument("--calibration", help="start from this calibration JSON (default: the committed one)")
+    f.add_argument("--null-only", action="store_true",
+                   help="keep the calibration's ranking weights; fit only its \"none of these\" model "
+                        "(calibrate.fit_null), e.g. with negatives' scans (models.eval.negatives --scans-out)")
     a = ap.parse_args(argv)
     return {"collect": collect, "time": time_scans, "fit": fit_scans}[a.cmd](a)
 
