@@ -561,3 +561,25 @@ def test_calibration_learns_none_of_these_from_non_catalog_scans(resolver, share
     pos_after = float(np.mean([after.probabilities(x["X"]).max() for x in pos if x["card_id"] in x["ids"]]))
     assert conf["after"] < conf["before"] - 0.1, conf
     assert pos_after > 0.8
+
+
+def test_broken_calibration_file_says_what_and_where(tmp_path):
+    from server.resolver.resolver import Calibration
+
+    good = Calibration.load()
+    p = tmp_path / "cal.json"
+    good.save(p)
+    again = Calibration.load(p)
+    assert again.weights == good.weights and again.null_weights == good.null_weights
+    assert again.null_bias == good.null_bias
+    p.write_text('{"weights": {"emb": 1.0,\n "region": }\n}')
+    with pytest.raises(ValueError, match=r"cal.json: line 2"):
+        Calibration.load(p)
+    p.write_text(json.dumps({"weights": {"emb": 1.0}, "null_weights": {"inlier_ratoi": 2.0}}))
+    with pytest.raises(ValueError, match="unknown feature.*null_weights: inlier_ratoi"):
+        Calibration.load(p)
+    p.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected an object"):
+        Calibration.load(p)
+    with pytest.raises(FileNotFoundError):
+        Calibration.load(tmp_path / "missing.json")

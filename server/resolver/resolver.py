@@ -82,7 +82,18 @@ class Calibration:
                 raise FileNotFoundError(f"resolver calibration not found: {p}")
             log.warning("no resolver calibration at %s; using built-in weights", p)
             return cls()
-        d = json.loads(p.read_text())
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"resolver calibration {p}: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not isinstance(d, dict) or not isinstance(d.get("weights"), dict):
+            raise ValueError(f"resolver calibration {p}: expected an object with \"weights\" (feature -> number)")
+        for key in ("weights", "null_weights"):
+            # a misspelt feature would silently weigh 0: refuse it instead
+            unknown = sorted(set(d.get(key) or {}) - set(FEATURES))
+            if unknown:
+                raise ValueError(f"resolver calibration {p}: unknown feature(s) in {key}: {', '.join(unknown)} "
+                                 f"(known: {', '.join(FEATURES)})")
         return cls(d["weights"], d.get("temperature", 1.0), d.get("meta", {}), d.get("null_bias"),
                    d.get("null_weights"))
 
