@@ -19,7 +19,7 @@ export SCANEMON_SHARED_DATA := $(SHARED_DATA)
 
 .PHONY: help setup system-deps demo test test-fast reliability bench bench-report bench-ingest bench-faiss bench-collection \
         bench-resolver bench-device bench-accuracy bench-final \
-        eval eval-final eval-negatives models catalog serve clean
+        eval eval-final eval-negatives resolver-calibration models catalog serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -119,6 +119,27 @@ eval-final: setup var/catalog/index.jsonl ## final answer (device + resolver), s
 
 eval-negatives: setup var/catalog/index.jsonl ## non-catalog card-shaped objects in the scanner box: what device + resolver make of them
 	nice -n 10 $(BIN)/python -m models.eval.negatives --n 200 --resolver
+
+# The resolver's calibration from scratch (~15 min on 2 cores): the device's ambiguous scans of simulated
+# scanner-box frames (seed 700000, far from the evaluations' 900000) fit the ranking; the negatives' scans
+# (seed 940000; the evaluation's is 910000) join them to fit the none-of-these model with the ranking fixed.
+CAL := var/calibration
+$(CAL)/all.jsonl: | setup var/catalog/index.jsonl
+	@mkdir -p $(CAL)
+	$(BIN)/python -m tests.bench.resolver_scans collect --n 2000 --seed 700000 --subset all --out $@
+$(CAL)/sv1.jsonl: | setup var/catalog/index.jsonl
+	@mkdir -p $(CAL)
+	$(BIN)/python -m tests.bench.resolver_scans collect --n 2000 --seed 700000 --subset sv1 --out $@
+$(CAL)/negatives.jsonl: | setup var/catalog/index.jsonl
+	@mkdir -p $(CAL)
+	$(BIN)/python -m models.eval.negatives --n 400 --seed 940000 --resolver --scans-out $@ > $(CAL)/negatives.json
+
+# Writes var/calibration/resolver_calibration.json; the server uses it with
+# SCANEMON_RESOLVER__CALIBRATION=var/calibration/resolver_calibration.json (or copy it over the committed file).
+resolver-calibration: $(CAL)/all.jsonl $(CAL)/sv1.jsonl $(CAL)/negatives.jsonl ## refit the resolver calibration from scratch -> var/calibration/
+	$(BIN)/python -m tests.bench.resolver_scans fit --scans $(CAL)/all.jsonl,$(CAL)/sv1.jsonl --out $(CAL)/ranking.json
+	$(BIN)/python -m tests.bench.resolver_scans fit --null-only --calibration $(CAL)/ranking.json \
+	  --scans $(CAL)/all.jsonl,$(CAL)/sv1.jsonl,$(CAL)/negatives.jsonl --out $(CAL)/resolver_calibration.json
 
 var/venv-export/bin/python:  # litert-torch pins typing-extensions<4.13, so the int8 exporter gets its own venv
 	$(PYTHON) -m venv var/venv-export
