@@ -156,3 +156,22 @@ def test_frame_size_option_draws_the_same_scene_at_more_pixels(tmp_path):
     assert small.shape[:2] == (480, 640) and big.shape[:2] == (960, 1280)
     assert [c["card_id"] for c in ls["cards"]] == [c["card_id"] for c in lb["cards"]]
     np.testing.assert_allclose(np.array(lb["cards"][0]["quad"]) / 2, np.array(ls["cards"][0]["quad"]), atol=2.0)
+
+
+def test_best_threshold_accept_rate_is_the_largest_clean_set():
+    """The bound of retuning the device's thresholds: the most cards a (score, margin) cut keeps at the wanted
+    precision, ties at the cut kept together, as a share of every card."""
+    from models.eval.final import best_threshold_accept_rate
+
+    def rec(i, right, score, margin):
+        return {"card_id": f"c{i}", "device_top1": f"c{i}" if right else "x", "device_score": score,
+                "device_margin": margin}
+
+    recs = [rec(i, True, 0.9, 0.5 + i / 100) for i in range(6)]
+    recs += [rec(6, False, 0.9, 0.45), rec(7, True, 0.9, 0.40), rec(8, True, 0.9, 0.45), rec(9, False, 0.2, 0.9)]
+    recs += [{"card_id": "missed", "device_top1": None}]
+    # the wrong card at 0.9 margin has a low score: a score cut drops it; the wrong one at 0.45 ties with a right
+    # one, so the margin cut must stay above 0.45: the 6 cards above it, of 11
+    assert best_threshold_accept_rate(recs) == round(6 / 11, 4)
+    assert best_threshold_accept_rate(recs, precision=0.8) > round(6 / 11, 4)
+    assert best_threshold_accept_rate([]) is None

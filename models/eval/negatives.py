@@ -24,7 +24,6 @@ image except the plain cards; the Pokémon catalog is not involved, so an accept
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import json
 import sys
@@ -125,13 +124,7 @@ def run(a) -> dict:
         if system is not None:
             for card in res.cards:
                 if scans_out is not None and card.decision == "ambiguous":
-                    from server.resolver.worker import _device_candidates
-
-                    row = system._stored_scan(card)  # as the worker finds it (resolver_scans collect's rows)
-                    scans_out.write(json.dumps({"card_id": None, "kind": kind, "frame": i,
-                                                "device_candidates": _device_candidates(row),
-                                                "crop_jpeg_b64": base64.b64encode(row.crop).decode(),
-                                                "crop_margin": row.crop_margin or 0.0}) + "\n")
+                    scans_out.write(json.dumps(system.scan_record(card, None, kind=kind, frame=i)) + "\n")
                 fc = system.decide(card)
                 c["final_" + fc.status] += 1
                 if card.quality_flag == "low_score":

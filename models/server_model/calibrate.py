@@ -61,6 +61,17 @@ def simulate(resolver, cards: list[str], seed: int, strength: float = 1.0, devic
     return rows
 
 
+def _adam(grad, n: int, iters: int, lr: float) -> np.ndarray:
+    """Minimise from zeros with Adam (β 0.9 / 0.999); ``grad(theta)`` is the gradient of the mean loss."""
+    theta, m, v = np.zeros(n), np.zeros(n), np.zeros(n)
+    for t in range(1, iters + 1):
+        g = grad(theta)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    return theta
+
+
 def fit(rows, l2: float = 1e-3, iters: int = 1500, lr: float = 0.05) -> tuple[np.ndarray, float]:
     """Conditional-logit MLE over each shortlist plus a "none of these" alternative (Adam).
 
@@ -70,11 +81,9 @@ def fit(rows, l2: float = 1e-3, iters: int = 1500, lr: float = 0.05) -> tuple[np
     allX = np.concatenate([X for X, _ in data])
     mu, sd = allX.mean(0), allX.std(0) + 1e-6
     d = allX.shape[1]
-    theta = np.zeros(d + 1)  # standardised weights + null bias
-    m = np.zeros(d + 1)
-    v = np.zeros(d + 1)
     Zs = [((X - mu) / sd, y) for X, y in data]
-    for t in range(1, iters + 1):
+
+    def grad(theta: np.ndarray) -> np.ndarray:  # theta: standardised weights + null bias
         g = l2 * np.append(theta[:d], 0.0)
         w, b = theta[:d], theta[d]
         for Z, y in Zs:
@@ -90,9 +99,9 @@ def fit(rows, l2: float = 1e-3, iters: int = 1500, lr: float = 0.05) -> tuple[np
                 gb -= 1.0
             g[:d] += gw / len(Zs)
             g[d] += gb / len(Zs)
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        theta -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        return g
+
+    theta = _adam(grad, d + 1, iters, lr)
     w_raw = theta[:d] / sd
     return w_raw, float(theta[d] + mu @ w_raw)
 
@@ -114,11 +123,9 @@ def fit_null(rows, w: np.ndarray, l2: float = 1e-3, iters: int = 1500, lr: float
     lead = np.stack([x for _, x, _ in data])
     mu, sd = lead.mean(0), lead.std(0) + 1e-6
     d = lead.shape[1]
-    theta = np.zeros(d + 1)  # standardised null weights + bias
-    m = np.zeros(d + 1)
-    v = np.zeros(d + 1)
     items = [(z - z.max(), (x - mu) / sd, y, z.max()) for z, x, y in data]
-    for t in range(1, iters + 1):
+
+    def grad(theta: np.ndarray) -> np.ndarray:  # theta: standardised null weights + bias
         g = l2 * np.append(theta[:d], 0.0)
         for z, x, y, zmax in items:
             nl = theta[d] + x @ theta[:d] - zmax  # null utility, shifted like z
@@ -127,9 +134,9 @@ def fit_null(rows, w: np.ndarray, l2: float = 1e-3, iters: int = 1500, lr: float
             r_ = p_null - (1.0 if y < 0 else 0.0)
             g[:d] += r_ * x / len(items)
             g[d] += r_ / len(items)
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        theta -= lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        return g
+
+    theta = _adam(grad, d + 1, iters, lr)
     v_raw = theta[:d] / sd
     return v_raw, float(theta[d] - mu @ v_raw)
 

@@ -34,7 +34,6 @@ def collect(a) -> int:
     from models.eval.final import MIN_VISIBLE, FinalAnswerSystem
     from models.synth.capture import CaptureConfig
     from models.synth.dataset import make_frame
-    from server.resolver.worker import _device_candidates
 
     system = FinalAnswerSystem.build(a.bundle, a.catalog, a.data_dir)
     ids = sorted(system.resolver.index.ids)
@@ -52,10 +51,7 @@ def collect(a) -> int:
                 for c in res.cards:
                     if c.decision != "ambiguous" or quad_iou(c.quad, np.array(gt["quad"], np.float32)) < 0.5:
                         continue
-                    row = system._stored_scan(c)  # appliance → wire → ingest row, as the worker finds it
-                    f.write(json.dumps({"card_id": gt["card_id"], "frame": i, "device_candidates": _device_candidates(row),
-                                        "crop_jpeg_b64": base64.b64encode(row.crop).decode(),
-                                        "crop_margin": row.crop_margin or 0.0}) + "\n")
+                    f.write(json.dumps(system.scan_record(c, gt["card_id"], frame=i)) + "\n")
                     n += 1
     print(f"{n} ambiguous scans from {a.n} frames (seed {a.seed}, {a.subset}, {a.mode}, "
           f"{a.frame_size[0]}x{a.frame_size[1]}) -> {a.out}")
