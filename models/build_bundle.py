@@ -8,8 +8,13 @@
 3. embedder: cached (capture, catalog, hard negative) triples → closed-form metric learning of the linear
    paths → optional InfoNCE fine-tuning of the CNN paths (``--finetune-steps``) → int8 TFLite
 4. embed every printing of the catalog with the *exported* int8 embedder → ``catalog/embeddings.npy`` (int8)
-5. calibrate accept / no_card thresholds on held-out simulated captures run through the device pipeline
-6. golden images + ``write_bundle`` (``device.bundle``)
+5. reprint patches (``models.reprints``): where printings of one illustration differ, for the device's
+   reprint re-ranking (``device.vision.reprints``)
+6. calibrate accept / no_card thresholds on held-out simulated captures run through the device pipeline
+7. golden images + ``write_bundle`` (``device.bundle``)
+
+``--refresh-catalog`` keeps the models and embeddings of the bundle at ``--out`` and redoes 5-7 only (minutes:
+after a change to the reprint patches or the accept rule).
 
 Everything is seeded; each stage's output lives under ``var/build/`` and is reused when present (delete it
 or pass ``--fresh`` to redo). ``--embedder-checkpoint`` / ``--detector-checkpoint`` skip training.
@@ -254,7 +259,7 @@ def catalog_version(ids: list[str]) -> str:
 
 
 def assemble(a, out: Path, det_tflite: Path, emb_tflite: Path, emb: np.ndarray, ids: list[str],
-             thresholds: dict, extra_files: dict | None = None) -> None:
+             thresholds: dict, extra_files: dict | None = None, reprints: bytes | None = None) -> None:
     from device.bundle import write_bundle
     from device.vision import detector as D
     from device.vision import geometry as G
@@ -269,6 +274,10 @@ def assemble(a, out: Path, det_tflite: Path, emb_tflite: Path, emb: np.ndarray, 
     buf = __import__("io").BytesIO()
     np.save(buf, emb)
     files["catalog/embeddings.npy"] = buf.getvalue()
+    if reprints is not None:
+        from device.vision.reprints import FILE as REPRINTS_FILE
+
+        files[REPRINTS_FILE] = reprints
     files.update(extra_files or golden(a, out))
     fields = {
         "version": a.version, "catalog_version": catalog_version(ids), "catalog_source": "pokemon-tcg-data",
@@ -309,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parity-checkpoint", default="models/embedder/demo_embedder.pt",
                     help="where to save the compact PyTorch weights of the exported embedder ('' = skip)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--refresh-catalog", action="store_true",
+                    help="reuse --out's detector, embedder and embeddings; redo reprint patches, thresholds, golden")
     a = ap.parse_args(argv)
     work = Path(a.work)
     if a.fresh:
@@ -316,28 +327,45 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cv2.setNumThreads(1)
     render_catalog(a)
-    det_ckpt = train_detector(a, work)
-    emb_ckpt = train_embedder(a, work)
-    ce, cd = calib_inputs(a, work)
-    det_tfl, emb_tfl = work / "detector.tflite", work / "embedder.tflite"
-    export(a, "detector", det_ckpt, cd, det_tfl)
-    export(a, "embedder", emb_ckpt, ce, emb_tfl)
-    from models.embedder.model import STRIP_WEIGHT
+    emb_ckpt = None
+    if a.refresh_catalog:
+        src = work / "bundle_source"  # the models being kept (--out is rewritten below)
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(a.out, src)
+        det_tfl, emb_tfl = src / "detector.tflite", src / "embedder.tflite"
+        emb = np.load(src / "catalog" / "embeddings.npy", allow_pickle=False)
+        ids = json.loads((src / "catalog" / "ids.json").read_text())
+    else:
+        det_ckpt = train_detector(a, work)
+        emb_ckpt = train_embedder(a, work)
+        ce, cd = calib_inputs(a, work)
+        det_tfl, emb_tfl = work / "detector.tflite", work / "embedder.tflite"
+        export(a, "detector", det_ckpt, cd, det_tfl)
+        export(a, "embedder", emb_ckpt, ce, emb_tfl)
+        from models.embedder.model import STRIP_WEIGHT
 
-    emb, ids = embed_catalog(a, work, emb_tfl, STRIP_WEIGHT)
+        emb, ids = embed_catalog(a, work, emb_tfl, STRIP_WEIGHT)
+    from device.vision.reprints import RerankConfig
+    from models import reprints as RP
+
+    rp_arrays = RP.build(a.catalog, ids)
+    reprints = RP.to_bytes(rp_arrays)
+    log(f"reprint patches: {len(rp_arrays['member_row'])} printings, {len(reprints) / 1e6:.2f} MB")
+    rerank = RerankConfig().model_dump()
     # provisional bundle (loose thresholds) to calibrate with the device pipeline itself
     prov = work / "bundle_provisional"
-    provisional = {"accept_score": 0.5, "accept_margin": 0.05, "no_card_score": -1.0}
+    provisional = {"accept_score": 0.5, "accept_margin": 0.05, "no_card_score": -1.0, "reprints": rerank}
     gold = golden(a, prov)
-    assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold)
+    assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold, reprints)
     th = calibrate(a, prov)
     log(f"thresholds {th}")
     thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")}
     thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}
+    thresholds["reprints"] = rerank
     gold = golden(a, Path(a.out), bundle_for_check=prov)
-    assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold)
+    assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold, reprints)
     log(f"bundle written: {a.out}")
-    if a.parity_checkpoint:
+    if a.parity_checkpoint and emb_ckpt is not None:
         import torch
 
         from models.embedder.model import CardEmbedder

@@ -31,6 +31,7 @@ from device.vision.detector import (CombinedDetector, ContourDetector, Detection
 from device.vision.embedder import Embedder
 from device.vision.geometry import EVIDENCE_MARGIN, evidence_size, is_landscape, rectify
 from device.vision.matcher import CatalogMatcher, Match
+from device.vision.reprints import RerankConfig, Reprints
 
 TOP_K = 5
 
@@ -120,8 +121,11 @@ def load_manifest(bundle_dir: str | Path, public_key: str | None = None) -> dict
 
 class VisionPipeline:
     def __init__(self, detector, embedder: Embedder, matcher: CatalogMatcher, thresholds: Thresholds,
-                 gate: GateConfig | None = None, max_cards: int = 9, bundle_version: str = ""):
+                 gate: GateConfig | None = None, max_cards: int = 9, bundle_version: str = "",
+                 reprints: Reprints | None = None, rerank: RerankConfig | None = None):
         self.detector = detector
+        self.reprints = reprints
+        self.rerank = rerank or RerankConfig()
         self.embedder = embedder
         self.matcher = matcher
         self.thresholds = thresholds
@@ -150,7 +154,11 @@ class VisionPipeline:
         th = Thresholds.from_manifest(man)
         g = gate or GateConfig(**{k: v for k, v in (man.get("thresholds", {}).get("gate") or {}).items()
                                   if k in GateConfig.model_fields})
-        return cls(det, emb, CatalogMatcher.load(d), th, g, bundle_version=str(man.get("version", "")))
+        matcher = CatalogMatcher.load(d)
+        rr = man.get("thresholds", {}).get("reprints") or {}
+        return cls(det, emb, matcher, th, g, bundle_version=str(man.get("version", "")),
+                   reprints=Reprints.load(d, matcher.ids),
+                   rerank=RerankConfig(**rr))
 
     # ------------------------------------------------------------------------------------------------
 
@@ -211,12 +219,18 @@ class VisionPipeline:
             t4 = time.perf_counter()
             ms["embed"] += (t3 - t2) * 1e3
             ms["match"] += (t4 - t3) * 1e3
-            best: dict[int, tuple[Match, np.ndarray, np.ndarray]] = {}
-            for (i, quad, crop), m in zip(variants, matches):
+            best: dict[int, tuple[Match, np.ndarray, np.ndarray, np.ndarray]] = {}
+            for (i, quad, crop), m, e in zip(variants, matches, embs):
                 if i not in best or m.score > best[i][0].score:
-                    best[i] = (m, quad, crop)
+                    best[i] = (m, quad, crop, e)
+            if self.reprints is not None:
+                t5 = time.perf_counter()
+                for i, (m, quad, crop, e) in best.items():
+                    best[i] = (self.reprints.rerank(m, frame, quad, self.matcher.matrix, e, self.rerank)[0],
+                               quad, crop, e)
+                ms["match"] += (time.perf_counter() - t5) * 1e3
             for i in sorted(best):
-                m, quad, crop = best[i]
+                m, quad, crop, _ = best[i]
                 flag = todo[i].flag
                 dec = decide(m, self.thresholds, soft=flag is not None)
                 if todo[i].source == "contour" and self._cnn and m.score < self.thresholds.accept_score:

@@ -1,0 +1,198 @@
+"""Tell reprints apart on the device: the few pixels where printings of one illustration differ.
+
+Why: reprints share the art, so the embedder puts them on top of each other (5 % of full-catalog scanner-box
+captures were a same-illustration mix-up, seed 760000), and the margin rule then sends every one of them to
+the server. What separates them is small and at fixed places of the card: the collector number, the set
+symbol, a rarity mark. The bundle stores, for every illustration with several printings, the boxes where
+its printings' faces differ and each printing's pixels in those boxes (``catalog/reprints.npz``, built by
+``models.reprints``). At match time the printings of the leading candidate's illustration are compared with
+the card, box by box, at ``CANVAS`` resolution: each printing's patch may slide a few pixels (corners are
+never exact) and keeps its best normalised cross-correlation. The comparison moves the contenders' scores
+(``Reprints.rerank``); the accept rule then works on the moved scores and margin, with thresholds calibrated
+on captures scored the same way (``models.build_bundle.calibrate``).
+
+Groups whose printings differ over a large part of the face (another layout or frame) are left out: the
+embedder separates those already, and their patches would not be small.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from device.vision.geometry import EVIDENCE_MAX_SIZE, rectify
+from device.vision.matcher import Match
+
+FILE = "catalog/reprints.npz"
+# The faces are compared at the server's evidence resolution: a collector-number digit is 7 px tall there
+# (4 px in the embedder's 268-px crop).
+CANVAS = EVIDENCE_MAX_SIZE  # (W, H)
+# Low-pass of both the card and the stored patches before comparing: the camera's optics and the warp blur
+# the card; sharp catalog glyphs against a blurred card would let the blur dominate the correlation.
+SIGMA = 1.2
+LOCATE_MIN = 0.3  # a weaker fit of a box's surroundings keeps the quad's placement
+
+
+class RerankConfig(BaseModel):
+    """How the reprint patches move the scores (the bundle's ``thresholds.reprints``: the accept thresholds
+    are calibrated with these values, so they travel together)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weight: float = Field(0.15, ge=0.0, description="Score moved per unit of patch correlation a printing lacks "
+                                                     "against the contest's best.")
+    search: int = Field(28, ge=0, le=100, description="Pixels (at CANVAS) within which each box is located by the "
+                                                      "contest's mean face (0 = the quad's placement).")
+    slack: int = Field(14, ge=0, le=100, description="Pixels each printing's patch may slide around that.")
+    max_contenders: int = Field(8, ge=2, le=64, description="Printings of the leading contest compared, best by "
+                                                            "embedding score.")
+
+
+class Reprints:
+    """The bundle's reprint patches: per contest (near-identical printings of one illustration), the boxes
+    where they differ, the contest's mean face in those boxes and each printing's difference from it."""
+
+    def __init__(self, data: dict[str, np.ndarray], ids: list[str]):
+        try:
+            self.boxes = data["boxes"].astype(np.int32)  # [B, 4] y0, y1, x0, x1 at CANVAS / scale
+            self.group_box_start = data["group_box_start"].astype(np.int64)  # [G + 1]
+            self.group_scale = data["group_scale"].astype(np.int64)  # [G] 1 (full) or 2 (half resolution)
+            self.member_row = data["member_row"].astype(np.int64)  # [M] row in the catalog
+            self.member_group = data["member_group"].astype(np.int64)  # [M]
+            self.member_pix_start = data["member_pix_start"].astype(np.int64)  # [M + 1]
+            self.residual = data["residual"]  # int8: printing - mean, flattened member by member, box by box
+            self.box_start = data["box_start"].astype(np.int64)  # [B + 1]
+            self.box_mean = data["box_mean"]  # uint8: the contest's mean face, flattened box by box
+        except KeyError as exc:
+            raise ValueError(f"{FILE}: missing array {exc}") from None
+        if (self.residual.dtype != np.int8 or self.box_mean.dtype != np.uint8
+                or len(self.member_pix_start) != len(self.member_row) + 1 or len(self.box_start) != len(self.boxes) + 1
+                or len(self.group_scale) + 1 != len(self.group_box_start)):
+            raise ValueError(f"{FILE}: inconsistent arrays")
+        if self.member_row.size and int(self.member_row.max()) >= len(ids):
+            raise ValueError(f"{FILE}: member rows beyond the catalog's {len(ids)} ids")
+        self.ids = ids
+        self.member_of_row = {int(r): m for m, r in enumerate(self.member_row)}
+        self.members_of_group: dict[int, list[int]] = {}
+        for m, g in enumerate(self.member_group):
+            self.members_of_group.setdefault(int(g), []).append(m)
+        self.row_of = {c: i for i, c in enumerate(ids)}
+        self._tpl: dict[int, list[np.ndarray]] = {}
+        self._mean: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, ids: list[str]) -> "Reprints | None":
+        p = Path(bundle_dir) / FILE
+        if not p.is_file():
+            return None  # an older bundle: the embedding ranking alone
+        with np.load(p, allow_pickle=False) as z:
+            return cls({k: z[k] for k in z.files}, ids)
+
+    def __len__(self) -> int:
+        return len(self.member_row)
+
+    def group_boxes(self, g: int) -> np.ndarray:
+        return self.boxes[self.group_box_start[g]:self.group_box_start[g + 1]]
+
+    def mean(self, box: int) -> np.ndarray:
+        """The contest's mean face in ``box``, low-passed, float32."""
+        t = self._mean.get(box)
+        if t is None:
+            y0, y1, x0, x1 = self.boxes[box]
+            m = self.box_mean[self.box_start[box]:self.box_start[box + 1]].astype(np.float32)
+            t = self._mean[box] = cv2.GaussianBlur(m.reshape(y1 - y0, x1 - x0), (0, 0), SIGMA)
+        return t
+
+    def templates(self, m: int) -> list[np.ndarray]:
+        """Member ``m``'s patches, low-passed, float32 (cached: a stack shows one card many times)."""
+        t = self._tpl.get(m)
+        if t is None:
+            g = int(self.member_group[m])
+            t, o = [], int(self.member_pix_start[m])
+            for b, (y0, y1, x0, x1) in enumerate(self.group_boxes(g), int(self.group_box_start[g])):
+                n = (y1 - y0) * (x1 - x0)
+                mean = self.box_mean[self.box_start[b]:self.box_start[b] + n].astype(np.float32)
+                patch = (mean + self.residual[o:o + n]).reshape(y1 - y0, x1 - x0)
+                t.append(cv2.GaussianBlur(patch, (0, 0), SIGMA))
+                o += n
+            if len(self._tpl) > 4096:
+                self._tpl.clear()
+                self._mean.clear()
+            self._tpl[m] = t
+        return t
+
+    def contenders(self, match: Match, matrix: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """(member, embedding score) of the leading candidate's contest, best ``k`` by score."""
+        lead = self.member_of_row.get(self.row_of.get(match.card_ids[0], -1))
+        if lead is None:
+            return []
+        members = self.members_of_group[int(self.member_group[lead])]
+        rows = self.member_row[members]
+        q = query / max(float(np.linalg.norm(query)), 1e-8)
+        s = matrix[rows] @ q
+        order = np.argsort(-s)[:k]
+        return [(members[i], float(s[i])) for i in order]
+
+    def patch_scores(self, card_gray: np.ndarray, members: list[int], slack: int, search: int = 0) -> np.ndarray:
+        """Area-weighted best NCC of each member's patches in the card (``card_gray``: gray, low-passed, at
+        the contest's scale). Each box is first located by the contest's mean face within ``search`` px (the
+        quad's corners are a few px off), then every printing's patch slides ``slack`` px around that."""
+        g = int(self.member_group[members[0]])
+        H, W = card_gray.shape
+        tot = np.zeros(len(members))
+        wsum = 0.0
+        for b, (y0, y1, x0, x1) in enumerate(self.group_boxes(g)):
+            box = int(self.group_box_start[g]) + b
+            if search:
+                dy, dx = _locate(card_gray, self.mean(box), (y0, y1, x0, x1), search)
+                y0, y1, x0, x1 = y0 + dy, y1 + dy, x0 + dx, x1 + dx
+            region = card_gray[max(0, y0 - slack):min(H, y1 + slack), max(0, x0 - slack):min(W, x1 + slack)]
+            area = float((y1 - y0) * (x1 - x0))
+            if region.shape[0] < y1 - y0 or region.shape[1] < x1 - x0:
+                continue
+            for j, m in enumerate(members):
+                tpl = self.templates(m)[b]
+                tot[j] += area * float(cv2.matchTemplate(region, tpl, cv2.TM_CCOEFF_NORMED).max())
+            wsum += area
+        return tot / wsum if wsum else tot
+
+    def rerank(self, match: Match, frame: np.ndarray, quad: np.ndarray, matrix: np.ndarray, query: np.ndarray,
+               cfg: RerankConfig = RerankConfig()) -> tuple[Match, dict | None]:
+        """The match with the leading contest's printings re-scored by their difference patches:
+        score' = best score of the contest − weight · (best patch NCC − own patch NCC): the embedding
+        cannot tell printings of one face apart (their score differences are noise), the patches can. Other
+        candidates keep their scores. Returns (match, detail) — detail None when there was no contest."""
+        cont = self.contenders(match, matrix, query, cfg.max_contenders)
+        if len(cont) < 2:
+            return match, None
+        members = [m for m, _ in cont]
+        scale = int(self.group_scale[int(self.member_group[members[0]])])
+        size = (CANVAS[0] // scale, CANVAS[1] // scale)
+        gray = cv2.cvtColor(rectify(frame, quad, size), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray = cv2.GaussianBlur(gray, (0, 0), SIGMA)
+        p = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.search // scale)
+        best = float(p.max())
+        lead_score = max(s for _, s in cont)
+        scores = {c: s for c, s in zip(match.card_ids, match.scores)}
+        for (m, _), pm in zip(cont, p):
+            scores[self.ids[int(self.member_row[m])]] = lead_score - cfg.weight * (best - float(pm))
+        top = sorted(scores.items(), key=lambda kv: -kv[1])[:len(match.card_ids)]
+        detail = {"patch": {self.ids[int(self.member_row[m])]: round(float(pm), 4) for m, pm in zip(members, p)}}
+        return Match([c for c, _ in top], [s for _, s in top]), detail
+
+
+def _locate(gray: np.ndarray, mean: np.ndarray, box: tuple[int, int, int, int], search: int) -> tuple[int, int]:
+    """(dy, dx) by which ``box`` is displaced in the card: where the contest's mean face fits best within
+    ``search`` px; (0, 0) when nothing fits well or the box is featureless."""
+    y0, y1, x0, x1 = box
+    H, W = gray.shape
+    sy0, sx0 = max(0, y0 - search), max(0, x0 - search)
+    region = gray[sy0:min(H, y1 + search), sx0:min(W, x1 + search)]
+    if region.shape[0] < mean.shape[0] or region.shape[1] < mean.shape[1] or float(mean.std()) < 2.0:
+        return 0, 0
+    _, mx, _, loc = cv2.minMaxLoc(cv2.matchTemplate(region, mean, cv2.TM_CCOEFF_NORMED))
+    if mx < LOCATE_MIN:
+        return 0, 0
+    return sy0 + loc[1] - y0, sx0 + loc[0] - x0

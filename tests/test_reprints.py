@@ -1,0 +1,139 @@
+"""The device's reprint re-ranking (device.vision.reprints) and the patches it reads (models.reprints).
+
+Faces here are drawn (no catalog needed): one illustration printed three times, two with the same frame and a
+different collector number (a reprint contest), one in another frame (left to the embedder). Captures are
+the faces warped into a frame, blurred and noised, with the quad a few pixels off, as a detector gives it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from device.vision.matcher import Match
+from device.vision.reprints import CANVAS, FILE, RerankConfig, Reprints
+from models import reprints as RP
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "models/bundles/demo"
+
+
+def face(number: str, frame_colour=(40, 200, 240), seed: int = 3) -> np.ndarray:
+    """A card face at CANVAS: textured art, a name line, and the collector number in the footer."""
+    rng = np.random.default_rng(seed)  # the same seed: the same illustration
+    w, h = CANVAS
+    img = np.full((h, w, 3), frame_colour, np.uint8)
+    art = cv2.GaussianBlur(rng.integers(0, 255, (220, w - 40, 3)).astype(np.uint8), (0, 0), 3)
+    img[60:280, 20:w - 20] = cv2.normalize(art, None, 0, 255, cv2.NORM_MINMAX)
+    cv2.putText(img, "Pikachu", (24, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (20, 20, 20), 2)
+    for y in range(310, 440, 26):
+        cv2.line(img, (30, y), (w - 30, y), (30, 30, 30), 2)
+    cv2.putText(img, f"{number}/197", (40, 480), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (10, 10, 10), 1)
+    return img
+
+
+def capture(card: np.ndarray, rng: np.random.Generator, corner_error: float = 4.0):
+    """(frame, quad as a detector reports it): the card at ~370 px tall, blurred, noised, corners off."""
+    quad = np.array([[200, 50], [464, 58], [458, 428], [194, 420]], np.float32)
+    h, w = card.shape[:2]
+    m = cv2.getPerspectiveTransform(np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32), quad)
+    frame = cv2.warpPerspective(card, m, (640, 480), borderValue=(70, 90, 70))
+    frame = cv2.GaussianBlur(frame, (0, 0), 0.8)
+    frame = np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+    return frame, quad + rng.uniform(-corner_error, corner_error, quad.shape).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def contest(tmp_path_factory):
+    """A catalog folder with the three printings + the patches built from it."""
+    d = tmp_path_factory.mktemp("catalog")
+    printings = {"sv3-66": face("066"), "sv3-211": face("211"), "base1-5": face("5", frame_colour=(200, 60, 60))}
+    rows = []
+    for cid, img in printings.items():
+        cv2.imwrite(str(d / f"{cid}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        rows.append(json.dumps({"card_id": cid, "illustration_id": "ill-pikachu"}))
+    rows.append(json.dumps({"card_id": "other-1", "illustration_id": "ill-other"}))
+    cv2.imwrite(str(d / "other-1.jpg"), face("1", seed=9))
+    (d / "index.jsonl").write_text("\n".join(rows) + "\n")
+    ids = ["base1-5", "other-1", "sv3-211", "sv3-66"]
+    return printings, ids, RP.build(d, ids)
+
+
+def test_patches_cover_the_numbers_of_near_identical_printings_only(contest):
+    printings, ids, arrays = contest
+    rp = Reprints(arrays, ids)
+    # one contest: the two printings in the same frame; the other frame and the singleton are left out
+    assert sorted(ids[r] for r in rp.member_row) == ["sv3-211", "sv3-66"]
+    boxes = rp.group_boxes(0) * int(rp.group_scale[0])
+    # the difference is the collector number at the foot, nowhere in the art
+    assert all(y0 >= 440 for y0, _, _, _ in boxes), boxes
+    # a printing is stored exactly enough to be told apart: its rebuilt patch is close to its face
+    g = cv2.cvtColor(printings["sv3-66"], cv2.COLOR_BGR2GRAY).astype(np.float32)
+    m66 = next(m for m, r in enumerate(rp.member_row) if ids[r] == "sv3-66")
+    y0, y1, x0, x1 = rp.group_boxes(0)[0]
+    rebuilt = rp.templates(m66)[0]
+    want = cv2.GaussianBlur(g[y0:y1, x0:x1], (0, 0), 1.2)
+    assert float(np.abs(rebuilt - want).mean()) < 6.0
+
+
+@pytest.mark.parametrize("true_id", ["sv3-66", "sv3-211"])
+def test_rerank_puts_the_printing_whose_number_the_card_shows_first(contest, true_id):
+    printings, ids, arrays = contest
+    rp = Reprints(arrays, ids)
+    other = "sv3-211" if true_id == "sv3-66" else "sv3-66"
+    # an embedding that cannot tell them apart (equal catalog rows) and a match with the wrong one first
+    matrix = np.tile(np.array([0.9, np.sqrt(1 - 0.81), 0, 0], np.float32), (len(ids), 1))  # cosine 0.9
+    matrix[ids.index("other-1")] = [0.6, 0.8, 0, 0]
+    query = np.array([1.0, 0, 0, 0], np.float32)
+    rng = np.random.default_rng(hash(true_id) % 1000)
+    wins = 0
+    for k in range(6):
+        frame, quad = capture(printings[true_id], rng)
+        m = Match([other, true_id, "base1-5", "other-1"], [0.90, 0.90, 0.89, 0.60])
+        out, detail = rp.rerank(m, frame, quad, matrix, query, RerankConfig())
+        assert detail is not None and set(detail["patch"]) == {true_id, other}
+        wins += out.card_ids[0] == true_id
+        # the contest's best gets the contest's best embedding score (from the catalog rows); the loser drops
+        # by its patch deficit
+        assert out.scores[0] == pytest.approx(0.90)
+        assert out.card_ids[:2] in ([true_id, other], [other, true_id], [true_id, "base1-5"], [other, "base1-5"])
+    assert wins == 6
+
+
+def test_no_contest_leaves_the_match_alone(contest):
+    _, ids, arrays = contest
+    rp = Reprints(arrays, ids)
+    m = Match(["other-1", "base1-5"], [0.8, 0.5])
+    out, detail = rp.rerank(m, np.zeros((480, 640, 3), np.uint8), np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32),
+                            np.eye(len(ids), 4, dtype=np.float32), np.ones(4, np.float32))
+    assert detail is None and out is m
+
+
+def test_broken_patch_file_is_refused_with_its_name(contest, tmp_path):
+    _, ids, arrays = contest
+    (tmp_path / "catalog").mkdir()
+    assert Reprints.load(tmp_path, ids) is None  # an older bundle without the file: embedding ranking alone
+    bad = dict(arrays)
+    del bad["residual"]
+    np.savez(tmp_path / FILE, **bad)
+    with pytest.raises(ValueError, match="reprints.npz: missing array 'residual'"):
+        Reprints.load(tmp_path, ids)
+    with pytest.raises(ValueError, match="beyond the catalog"):
+        Reprints(arrays, ids[:1])
+
+
+@pytest.mark.skipif(not (BUNDLE / FILE).is_file(), reason="demo bundle without reprint patches")
+def test_demo_bundle_carries_patches_and_the_settings_they_were_calibrated_with():
+    from device.bundle import parse_manifest
+    from device.vision.pipeline import VisionPipeline
+
+    man = parse_manifest((BUNDLE / "manifest.json").read_bytes())
+    assert FILE in man.files
+    cfg = RerankConfig(**man.thresholds.model_extra["reprints"])
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    assert pipe.reprints is not None and len(pipe.reprints) > 1000 and pipe.rerank == cfg
+    assert (BUNDLE / FILE).stat().st_size <= 8 * 1024 * 1024
