@@ -80,6 +80,9 @@ class Thresholds(BaseModel):
     accept_margin: float = Field(description="Minimum top-1 minus top-2 similarity to accept.", ge=0.0, le=2.0)
     no_card_score: float = Field(description="Top-1 similarity below which the frame holds no identifiable card.",
                                  ge=-1.0, le=1.0)
+    accept_reprint_margin: float | None = Field(
+        None, ge=0.0, le=2.0, description="Minimum margin to accept when the two best are printings of one reprint "
+                                          "contest decided by difference patches (None: accept_margin).")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Thresholds":

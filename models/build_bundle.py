@@ -174,45 +174,95 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
     scores = np.array([r["score"] for r in ok])
     margins = np.array([r["margin"] for r in ok])
     correct = np.array([r["top1"] == r["card_id"] for r in ok])
+    contest = np.array([bool(r.get("reprint_contest")) for r in ok])
     # no_card_score is a floor for true cards in the worst conditions: taken over the hand-held and grid captures
     # only, so that adding the easy scanner-box captures does not raise it (a higher floor turns real cards with
     # bad corners or light into no_card answers, which the resolver never sees)
     hard = np.array([r["score"] for r in recs[:n_hard] if r.get("identified") and not r.get("quality_flag")
                      and r["top1"] == r["card_id"]])
-    return choose_thresholds(scores, margins, correct, target_precision, no_card_scores=hard) | {
-        "calibration_cards": len(ok)}
+    neg = calibration_negatives(a, pipe, 40 if a.quick else 400)
+    return choose_thresholds(scores, margins, correct, target_precision, no_card_scores=hard, contest=contest,
+                             negatives=neg) | {"calibration_cards": len(ok), "calibration_negatives": len(neg[0])}
+
+
+def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, margins, contest) of the clean detections in scanner-box frames of things that are not catalog
+    cards (``models.eval.negatives``: playing cards, MTG photos, photo patches, plain cards; seeds far from
+    its evaluation's 910000). Why: the accept rule must not take an MTG card for a Pokémon card, and catalog
+    captures alone cannot say where that starts. Empty without the shared photos."""
+    from models.eval.negatives import KINDS, Objects
+    from models.synth.capture import CaptureConfig, simulate_capture
+
+    try:
+        objects = Objects(Path(a.pokemon_tcg_data).parent)
+    except FileNotFoundError as exc:
+        log(f"no calibration negatives: {exc}")
+        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
+    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
+    rows = []
+    for i in range(n):
+        rng = np.random.default_rng(seed + i)
+        frame, _ = simulate_capture([objects.draw(KINDS[i % len(KINDS)], rng)], [f"not-a-card-{i}"], rng, cfg)
+        rows += [(c.score, c.margin, c.reprint_contest) for c in pipe.process(frame).cards if not c.quality_flag]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows], bool))
 
 
 def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, target: float = 0.999,
-                      no_card_scores: np.ndarray | None = None) -> dict:
+                      no_card_scores: np.ndarray | None = None, contest: np.ndarray | None = None,
+                      negatives: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """Maximise the accepted fraction subject to empirical precision ≥ target on the calibration cards
     (so the calibration set must hold well over 1/(1 − target) cards for the target to mean anything).
-    ``no_card_score``: the 0.5 % quantile of the correct cards' scores — of ``no_card_scores`` when given."""
-    best = None
+    ``no_card_score``: the 0.5 % quantile of the correct cards' scores — of ``no_card_scores`` when given.
+
+    ``contest``: which cards' margins are reprint-patch verdicts (``Match.contest``); they get a margin threshold
+    of their own (``accept_reprint_margin``). ``negatives``: (scores, margins, contest) of detections of things
+    that are not catalog cards; no threshold set that accepts one of them is chosen. Among equally good sets
+    the strictest wins (the calibration cards cannot tell them apart; unseen objects can)."""
     if len(scores) == 0:
         return {"accept_score": 0.99, "accept_margin": 0.5, "no_card_score": 0.0, "calibrated_precision": None,
                 "calibrated_coverage": 0.0}
+    C = np.zeros(len(scores), bool) if contest is None else np.asarray(contest, bool)
     s_grid = np.unique(np.quantile(scores, np.linspace(0, 0.98, 50)))
-    m_grid = np.unique(np.concatenate([[0.0], np.quantile(margins, np.linspace(0, 0.98, 50))]))
+
+    def m_grid(m: np.ndarray) -> np.ndarray:
+        return np.unique(np.concatenate([[0.0], np.quantile(m, np.linspace(0, 0.98, 50)) if len(m) else []]))
+
+    mg, rg = m_grid(margins[~C]), m_grid(margins[C])
+    ns, nm, nc = (np.zeros(0), np.zeros(0), np.zeros(0, bool)) if negatives is None else (
+        np.asarray(negatives[0]), np.asarray(negatives[1]), np.asarray(negatives[2], bool))
+    best = None  # (accepted, m, r, s, wrong)
     for s in s_grid:
-        for m in m_grid:
-            acc = (scores >= s) & (margins >= m)
-            na = int(acc.sum())
-            if na == 0:
-                continue
-            wrong = int((acc & ~correct).sum())
-            prec = 1 - wrong / na
-            if prec >= target and (best is None or na > best[2]):
-                best = (float(s), float(m), na, 1 - wrong / na)
+        a = scores >= s
+        # accepted / wrong per margin threshold, for plain and for contest cards
+        A = (margins[a & ~C][:, None] >= mg[None, :])
+        Ar = (margins[a & C][:, None] >= rg[None, :])
+        k1, w1 = A.sum(0), (A & ~correct[a & ~C][:, None]).sum(0)
+        k2, w2 = Ar.sum(0), (Ar & ~correct[a & C][:, None]).sum(0)
+        K, W = k1[:, None] + k2[None, :], w1[:, None] + w2[None, :]
+        ok = (K > 0) & (W <= (1 - target) * K)
+        neg = ns >= s
+        ok &= ~(nm[neg & ~nc][:, None] >= mg[None, :]).any(0)[:, None]
+        ok &= ~(nm[neg & nc][:, None] >= rg[None, :]).any(0)[None, :]
+        if not ok.any():
+            continue
+        Kok = np.where(ok, K, -1)
+        kmax = int(Kok.max())
+        i, j = max(zip(*np.nonzero(Kok == kmax)))  # the strictest margins among the best
+        if best is None or kmax > best[0] or (kmax == best[0] and s > best[3]):
+            best = (kmax, float(mg[i]), float(rg[j]), float(s), int(W[i, j]))
     if best is None:  # target unreachable on this data: accept (almost) nothing
-        s, m = float(scores.max()) + 1e-3, float(margins.max()) + 1e-3
-        best = (min(s, 1.0), min(m, 2.0), 0, None)
+        best = (0, min(float(margins.max()) + 1e-3, 2.0), min(float(margins.max()) + 1e-3, 2.0),
+                min(float(scores.max()) + 1e-3, 1.0), 0)
+    k, m, r, s, w = best
     floor = scores[correct] if no_card_scores is None or len(no_card_scores) == 0 else np.asarray(no_card_scores)
     no_card = float(np.quantile(floor, 0.005)) if len(floor) else 0.0
-    no_card = min(no_card, best[0])
-    return {"accept_score": round(best[0], 4), "accept_margin": round(best[1], 4), "no_card_score": round(no_card, 4),
-            "calibrated_precision": None if best[3] is None else round(best[3], 5),
-            "calibrated_coverage": round(best[2] / len(scores), 4)}
+    no_card = min(no_card, s)
+    out = {"accept_score": round(s, 4), "accept_margin": round(m, 4), "no_card_score": round(no_card, 4),
+           "calibrated_precision": round(1 - w / k, 5) if k else None,
+           "calibrated_coverage": round(k / len(scores), 4)}
+    if contest is not None:
+        out["accept_reprint_margin"] = round(r, 4)
+    return out
 
 
 def golden_candidates(a, n: int = 12) -> list[tuple[str, bytes, str]]:
@@ -359,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold, reprints)
     th = calibrate(a, prov)
     log(f"thresholds {th}")
-    thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")}
-    thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}
+    thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "accept_reprint_margin", "no_card_score")}
+    thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards",
+                                                    "calibration_negatives")}
     thresholds["reprints"] = rerank
     gold = golden(a, Path(a.out), bundle_for_check=prov)
     assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold, reprints)

@@ -77,7 +77,8 @@ def card_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9
              "identified": best is not None and biou >= 0.5}
         if r["identified"]:
             r.update(top1=best.candidates[0][0], top5=[c for c, _ in best.candidates], score=best.score,
-                     margin=best.margin, decision=best.decision, quality_flag=best.quality_flag,
+                     margin=best.margin, reprint_contest=best.reprint_contest, decision=best.decision,
+                     quality_flag=best.quality_flag,
                      corner_err=float(np.abs(best.quad - gq).max()),
                      # the same up to the corner order: the quad's fit apart from its orientation (top side)
                      corner_err_any_rotation=min(float(np.abs(np.roll(best.quad, k, axis=0) - gq).max()) for k in range(4)))

@@ -175,3 +175,10 @@ def test_best_threshold_accept_rate_is_the_largest_clean_set():
     assert best_threshold_accept_rate(recs) == round(6 / 11, 4)
     assert best_threshold_accept_rate(recs, precision=0.8) > round(6 / 11, 4)
     assert best_threshold_accept_rate([]) is None
+    # reprint contests decided by patches have a margin threshold of their own: their small margins (a glyph's
+    # correlation) count above their own cut, not against the embedding margins' one
+    contest = [rec(10 + k, True, 0.9, 0.02 + k / 100) | {"device_reprint_contest": True} for k in range(4)]
+    contest.append(rec(14, False, 0.9, 0.01) | {"device_reprint_contest": True})
+    assert best_threshold_accept_rate(recs + contest) == round(10 / 16, 4)
+    plain = [{k: v for k, v in r.items() if k != "device_reprint_contest"} for r in contest]
+    assert best_threshold_accept_rate(recs + plain) == round(6 / 16, 4)

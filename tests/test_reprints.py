@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from device.vision.matcher import Match
-from device.vision.reprints import CANVAS, FILE, RerankConfig, Reprints
+from device.vision.reprints import CANVAS, FILE, SIGMA, RerankConfig, Reprints
 from models import reprints as RP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_patches_cover_the_numbers_of_near_identical_printings_only(contest):
     m66 = next(m for m, r in enumerate(rp.member_row) if ids[r] == "sv3-66")
     y0, y1, x0, x1 = rp.group_boxes(0)[0]
     rebuilt = rp.templates(m66)[0]
-    want = cv2.GaussianBlur(g[y0:y1, x0:x1], (0, 0), 1.2)
+    want = cv2.GaussianBlur(g[y0:y1, x0:x1], (0, 0), SIGMA)
     assert float(np.abs(rebuilt - want).mean()) < 6.0
 
 

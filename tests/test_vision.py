@@ -199,6 +199,12 @@ def test_decision_rule():
     assert decide(Match(["a", "b"], [0.9, 0.88]), th) == "ambiguous"
     assert decide(Match(["a", "b"], [0.7, 0.2]), th) == "ambiguous"
     assert decide(Match(["a", "b"], [0.3, 0.2]), th) == "no_card"
+    # a reprint contest's margin is held to its own threshold when the bundle has one
+    thr = Thresholds(accept_score=0.8, accept_margin=0.05, no_card_score=0.4, accept_reprint_margin=0.01)
+    assert decide(Match(["a", "b"], [0.9, 0.88], contest=True), thr) == "accept"
+    assert decide(Match(["a", "b"], [0.9, 0.88]), thr) == "ambiguous"
+    assert decide(Match(["a", "b"], [0.9, 0.895], contest=True), thr) == "ambiguous"
+    assert decide(Match(["a", "b"], [0.9, 0.88], contest=True), th) == "ambiguous"  # older bundle: one margin
     # identified despite a soft gate failure: never accepted, however good the match
     assert decide(Match(["a", "b"], [0.95, 0.2]), th, soft=True) == "ambiguous"
     assert decide(Match(["a", "b"], [0.3, 0.2]), th, soft=True) == "no_card"
@@ -221,6 +227,31 @@ def test_choose_thresholds_meets_the_target_and_takes_the_no_card_floor_given():
     floor = rng.uniform(0.32, 0.9, 800)
     th2 = choose_thresholds(scores, margins, correct, 0.999, no_card_scores=floor)
     assert th2["no_card_score"] == round(float(np.quantile(floor, 0.005)), 4) < th["no_card_score"]
+
+
+def test_choose_thresholds_gives_reprint_contests_their_own_margin_and_accepts_no_negative():
+    from models.build_bundle import choose_thresholds
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    contest = rng.random(n) < 0.3
+    correct = rng.random(n) > 0.05
+    scores = rng.uniform(0.6, 1.0, n)
+    # embedding margins: wrong ones below 0.08; patch margins of contests: a tenth of that scale
+    margins = np.where(correct, rng.uniform(0.1, 0.5, n), rng.uniform(0.0, 0.08, n))
+    margins = np.where(contest, np.where(correct, rng.uniform(0.01, 0.05, n), rng.uniform(0.0, 0.008, n)), margins)
+    one = choose_thresholds(scores, margins, correct, 0.999)
+    two = choose_thresholds(scores, margins, correct, 0.999, contest=contest)
+    assert 0.008 <= two["accept_reprint_margin"] < 0.05 and two["accept_margin"] >= 0.08
+    assert two["calibrated_coverage"] > one["calibrated_coverage"] + 0.15
+    acc = (scores >= two["accept_score"]) & np.where(contest, margins >= two["accept_reprint_margin"],
+                                                      margins >= two["accept_margin"])
+    assert 1 - (acc & ~correct).sum() / acc.sum() >= 0.999
+    # an MTG card matching a Pokémon card by 0.3: no accept rule that takes it is chosen
+    neg = (np.array([0.95]), np.array([0.3]), np.array([False]))
+    three = choose_thresholds(scores, margins, correct, 0.999, contest=contest, negatives=neg)
+    assert three["accept_margin"] > 0.3 or three["accept_score"] > 0.95
+    assert three["calibrated_coverage"] < two["calibrated_coverage"]
 
 
 # ----------------------------------------------------------------------------------------- bundle / runtime

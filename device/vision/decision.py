@@ -1,7 +1,10 @@
 """Decision from the match: accept | ambiguous | no_card, with thresholds from the bundle manifest.
 
 * ``no_card``: the best score is below ``no_card_score`` — whatever is under the camera is not a catalog card.
-* ``accept``: best score ≥ ``accept_score`` **and** margin (top-1 − top-2) ≥ ``accept_margin``.
+* ``accept``: best score ≥ ``accept_score`` **and** margin (top-1 − top-2) ≥ ``accept_margin`` — or, when the
+  two best are printings of one reprint contest decided by their difference patches (``Match.contest``),
+  margin ≥ ``accept_reprint_margin``: that margin measures something else (a glyph's correlation, not an
+  embedding gap), so one threshold for both would be too loose for one kind or too strict for the other.
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the
@@ -23,16 +26,20 @@ class Thresholds:
     accept_score: float
     accept_margin: float
     no_card_score: float
+    accept_reprint_margin: float | None = None  # None (an older bundle): accept_margin for every match
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Thresholds":
         t = manifest["thresholds"]
-        return cls(float(t["accept_score"]), float(t["accept_margin"]), float(t["no_card_score"]))
+        rm = t.get("accept_reprint_margin")
+        return cls(float(t["accept_score"]), float(t["accept_margin"]), float(t["no_card_score"]),
+                   None if rm is None else float(rm))
 
 
 def decide(match: Match, th: Thresholds, soft: bool = False) -> str:
     if match.score < th.no_card_score:
         return "no_card"
-    if not soft and match.score >= th.accept_score and match.margin >= th.accept_margin:
+    margin = th.accept_reprint_margin if match.contest and th.accept_reprint_margin is not None else th.accept_margin
+    if not soft and match.score >= th.accept_score and match.margin >= margin:
         return "accept"
     return "ambiguous"

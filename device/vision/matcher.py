@@ -19,6 +19,9 @@ import numpy as np
 class Match:
     card_ids: list[str]
     scores: list[float]
+    # the two best are printings of one reprint contest and the margin is their patches' verdict
+    # (device.vision.reprints), not an embedding gap: the accept rule has a threshold of its own for it
+    contest: bool = False
 
     @property
     def score(self) -> float:

@@ -66,6 +66,8 @@ class CardResult:
     # geometry.EVIDENCE_MARGIN of the frame around it, the crop the server's resolver gets instead of the
     # embedder's ``crop``
     evidence: np.ndarray | None = None
+    # the margin is a reprint contest's patch verdict (Match.contest), not an embedding gap
+    reprint_contest: bool = False
 
     def to_json(self) -> dict:
         d = {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
@@ -74,6 +76,8 @@ class CardResult:
              "quad": [[round(float(x), 1), round(float(y), 1)] for x, y in self.quad]}
         if self.quality_flag:
             d["quality_flag"] = self.quality_flag
+        if self.reprint_contest:
+            d["reprint_contest"] = True
         return d
 
     @property
@@ -252,7 +256,8 @@ class VisionPipeline:
                 evidence = (rectify(frame, quad, evidence_size(quad), EVIDENCE_MARGIN) if dec == "ambiguous"
                             else None)
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
-                                        list(zip(m.card_ids, m.scores)), crop, todo[i].quality, flag, evidence))
+                                        list(zip(m.card_ids, m.scores)), crop, todo[i].quality, flag, evidence,
+                                        m.contest))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

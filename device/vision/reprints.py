@@ -3,16 +3,18 @@
 Why: reprints share the art, so the embedder puts them on top of each other (5 % of full-catalog scanner-box
 captures were a same-illustration mix-up, seed 760000), and the margin rule then sends every one of them to
 the server. What separates them is small and at fixed places of the card: the collector number, the set
-symbol, a rarity mark. The bundle stores, for every illustration with several printings, the boxes where
-its printings' faces differ and each printing's pixels in those boxes (``catalog/reprints.npz``, built by
-``models.reprints``). At match time the printings of the leading candidate's illustration are compared with
-the card, box by box, at ``CANVAS`` resolution: each printing's patch may slide a few pixels (corners are
-never exact) and keeps its best normalised cross-correlation. The comparison moves the contenders' scores
-(``Reprints.rerank``); the accept rule then works on the moved scores and margin, with thresholds calibrated
-on captures scored the same way (``models.build_bundle.calibrate``).
+symbol, a rarity mark. The bundle stores, per *contest* (printings of one illustration whose faces differ in
+a few places only), the boxes where they differ, the contest's mean face there and each printing's
+difference from it (``catalog/reprints.npz``, built by ``models.reprints``). At match time the printings of
+the leading candidate's contest are compared with the card, box by box, at ``CANVAS`` resolution (half of it for contests whose boxes are large): each box is located by the contest's
+mean face (the quad's corners are a few pixels off), each printing's patch slides a few pixels more and keeps
+its best normalised cross-correlation; the two best printings are compared once more on the pixels where
+they differ (``Reprints.pair_win``). That moves the contenders' scores (``Reprints.rerank``); the accept rule
+then works on the moved scores and margin, with thresholds calibrated on captures scored the same way
+(``models.build_bundle.calibrate``).
 
-Groups whose printings differ over a large part of the face (another layout or frame) are left out: the
-embedder separates those already, and their patches would not be small.
+Printings that differ over a large part of the face (another layout or frame) are no contest: the embedder
+separates those already, and their patches would not be small.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ FILE = "catalog/reprints.npz"
 # The faces are compared at the server's evidence resolution: a collector-number digit is 7 px tall there
 # (4 px in the embedder's 268-px crop).
 CANVAS = EVIDENCE_MAX_SIZE  # (W, H)
-# Low-pass of both the card and the stored patches before comparing: the camera's optics and the warp blur
-# the card; sharp catalog glyphs against a blurred card would let the blur dominate the correlation.
-SIGMA = 1.2
+# A light low-pass of both the card and the stored patches before comparing (JPEG blocks, sensor noise). More
+# (sigma 1.2, 1.7) blurred the glyphs together: fewer reprint contests decided safely on development captures
+# (seed 761000), where 0.5 and none did best.
+SIGMA = 0.5
+PAIR_DIFF = 6.0  # gray levels (low-passed) at which two printings' patches count as different there
 LOCATE_MIN = 0.3  # a weaker fit of a box's surroundings keeps the quad's placement
 
 
@@ -46,6 +50,8 @@ class RerankConfig(BaseModel):
     search: int = Field(28, ge=0, le=100, description="Pixels (at CANVAS) within which each box is located by the "
                                                       "contest's mean face (0 = the quad's placement).")
     slack: int = Field(14, ge=0, le=100, description="Pixels each printing's patch may slide around that.")
+    pairwise: bool = Field(True, description="Weigh the two best printings' margin on the pixels where they "
+                                             "differ too (Reprints.pair_win), not on their whole boxes only.")
     max_contenders: int = Field(8, ge=2, le=64, description="Printings of the leading contest compared, best by "
                                                             "embedding score.")
 
@@ -158,6 +164,39 @@ class Reprints:
             wsum += area
         return tot / wsum if wsum else tot
 
+    def pair_win(self, card_gray: np.ndarray, a: int, b: int, slack: int, search: int = 0) -> float | None:
+        """a's win over b where their patches differ: per box, each template's best position in the card
+        (as in ``patch_scores``), then NCC over the pixels where a and b differ only, a's minus b's, weighted
+        by those pixels. Why: the boxes' shared pixels (the rest of a number, its frame) correlate equally
+        with both and dilute what tells them apart. None when they do not differ anywhere."""
+        g = int(self.member_group[a])
+        H, W = card_gray.shape
+        tot = wsum = 0.0
+        for k, (y0, y1, x0, x1) in enumerate(self.group_boxes(g)):
+            box = int(self.group_box_start[g]) + k
+            ta, tb = self.templates(a)[k], self.templates(b)[k]
+            d = (np.abs(ta - tb) > PAIR_DIFF).astype(np.uint8)
+            n = int(d.sum())
+            if n < 4:
+                continue
+            if search:
+                dy, dx = _locate(card_gray, self.mean(box), (y0, y1, x0, x1), search)
+                y0, y1, x0, x1 = y0 + dy, y1 + dy, x0 + dx, x1 + dx
+            ry0, rx0 = max(0, y0 - slack), max(0, x0 - slack)
+            region = card_gray[ry0:min(H, y1 + slack), rx0:min(W, x1 + slack)]
+            if region.shape[0] < ta.shape[0] or region.shape[1] < ta.shape[1]:
+                continue
+            mask = d.astype(bool)
+            s = []
+            for t in (ta, tb):
+                _, _, _, (lx, ly) = cv2.minMaxLoc(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED))
+                q = region[ly:ly + t.shape[0], lx:lx + t.shape[1]]
+                s.append(_ncc(q[mask], t[mask]) - _ncc(q[mask], (tb if t is ta else ta)[mask]))
+            # the card read at a's best position and at b's: each says how much more it looks like a than b
+            tot += n * 0.5 * (s[0] - s[1])
+            wsum += n
+        return tot / wsum if wsum else None
+
     def rerank(self, match: Match, frame: np.ndarray, quad: np.ndarray, matrix: np.ndarray, query: np.ndarray,
                cfg: RerankConfig = RerankConfig()) -> tuple[Match, dict | None]:
         """The match with the leading contest's printings re-scored by their difference patches:
@@ -173,6 +212,13 @@ class Reprints:
         gray = cv2.cvtColor(rectify(frame, quad, size), cv2.COLOR_BGR2GRAY).astype(np.float32)
         gray = cv2.GaussianBlur(gray, (0, 0), SIGMA)
         p = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.search // scale)
+        if cfg.pairwise:
+            i, j = np.argsort(-p, kind="stable")[:2]
+            w = self.pair_win(gray, members[i], members[j], max(1, cfg.slack // scale), cfg.search // scale)
+            if w is not None:
+                # the order stays the boxes' (the pairwise verdict alone ranked worse on development captures,
+                # seed 761000); the margin is their mean where both agree and none where they disagree
+                p[j] = p[i] - (0.5 * (p[i] - p[j] + w) if w > 0 else 0.0)
         best = float(p.max())
         lead_score = max(s for _, s in cont)
         scores = {c: s for c, s in zip(match.card_ids, match.scores)}
@@ -180,7 +226,16 @@ class Reprints:
             scores[self.ids[int(self.member_row[m])]] = lead_score - cfg.weight * (best - float(pm))
         top = sorted(scores.items(), key=lambda kv: -kv[1])[:len(match.card_ids)]
         detail = {"patch": {self.ids[int(self.member_row[m])]: round(float(pm), 4) for m, pm in zip(members, p)}}
-        return Match([c for c, _ in top], [s for _, s in top]), detail
+        names = {self.ids[int(self.member_row[m])] for m in members}
+        contest = len(top) > 1 and top[0][0] in names and top[1][0] in names
+        return Match([c for c, _ in top], [s for _, s in top], contest), detail
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / d) if d > 1e-6 else 0.0
 
 
 def _locate(gray: np.ndarray, mean: np.ndarray, box: tuple[int, int, int, int], search: int) -> tuple[int, int]:

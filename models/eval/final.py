@@ -76,6 +76,7 @@ class FinalCard:
     resolver_cpu_ms: float | None = None  # process CPU time of the resolver step
     device_score: float | None = None  # the device match (top-1 score, margin) and its crop-quality measures,
     device_margin: float | None = None  # kept in the rows so device-side losses can be studied afterwards
+    device_reprint_contest: bool = False  # the margin is a reprint contest's patch verdict (Match.contest)
     device_quality: dict = field(default_factory=dict)
     device_quality_flag: str | None = None  # the soft gate failure the device identified the card despite
 
@@ -143,6 +144,7 @@ class FinalAnswerSystem:
         """Final answer for one device ``CardResult``."""
         fc = self._decide(card)
         fc.device_score, fc.device_margin = float(card.score), float(card.margin)
+        fc.device_reprint_contest = bool(getattr(card, "reprint_contest", False))
         fc.device_quality = dict(card.quality or {})
         fc.device_quality_flag = getattr(card, "quality_flag", None)
         return fc
@@ -221,6 +223,7 @@ def frame_records(system: FinalAnswerSystem, frame: np.ndarray, labels: dict, re
                      resolver_top=best.resolver_candidates[:5], confidence=best.confidence, iou=round(biou, 4),
                      device_score=None if best.device_score is None else round(best.device_score, 4),
                      device_margin=None if best.device_margin is None else round(best.device_margin, 4),
+                     device_reprint_contest=best.device_reprint_contest,
                      device_quality=best.device_quality, device_quality_flag=best.device_quality_flag)
             if best.error:
                 r["error"] = best.error
@@ -264,9 +267,10 @@ def cause(r: dict) -> str | None:
 
 
 def best_threshold_accept_rate(recs: list[dict], precision: float = 0.999) -> float | None:
-    """Share of all cards the device could accept with (score, margin) thresholds chosen on these very rows so
-    that its accepts stay >= ``precision`` right: an upper bound of what retuning the bundle's thresholds gives
-    (issue 5 asks 90 % at 99.9 %)."""
+    """Share of all cards the device could accept with thresholds chosen on these very rows so that its
+    accepts stay >= ``precision`` right: score, margin and — for reprint contests decided by patches
+    (``device_reprint_contest``) — a margin of their own, as the bundle's accept rule has. An upper bound of
+    what retuning the bundle's thresholds gives (issue 5 asks 90 % at 99.9 %)."""
     rows = [r for r in recs if r.get("device_score") is not None and r.get("device_margin") is not None
             and r.get("device_top1")]
     if not recs or not rows:
@@ -274,18 +278,26 @@ def best_threshold_accept_rate(recs: list[dict], precision: float = 0.999) -> fl
     score = np.array([r["device_score"] for r in rows], np.float64)
     margin = np.array([r["device_margin"] for r in rows], np.float64)
     right = np.array([r["device_top1"] == r["card_id"] for r in rows])
+    contest = np.array([bool(r.get("device_reprint_contest")) for r in rows])
+    r_grid = [np.inf] + (list(np.unique(np.quantile(margin[contest], np.linspace(0, 1, 41)))) if contest.any() else [])
     best = 0
     for s_min in np.unique(np.quantile(score, np.linspace(0, 0.6, 31))):
         sel = score >= s_min
-        m, ok = margin[sel], right[sel]
-        order = np.argsort(-m, kind="stable")
-        m, ok = m[order], ok[order]
-        k = np.arange(1, len(m) + 1)
-        prec = np.cumsum(ok) / k
-        cut = np.append(m[1:] != m[:-1], True)  # a margin threshold keeps all ties or none
-        good = np.nonzero(cut & (prec >= precision))[0]
-        if good.size:
-            best = max(best, int(good[-1]) + 1)
+        for r_min in r_grid:
+            # contest cards: accepted at margin >= r_min; the rest exhaustively by their margin threshold
+            acc_c = sel & contest & (margin >= r_min)
+            kc, okc = int(acc_c.sum()), int((acc_c & right).sum())
+            m, ok = margin[sel & ~contest], right[sel & ~contest]
+            order = np.argsort(-m, kind="stable")
+            m, ok = m[order], ok[order]
+            k = np.arange(1, len(m) + 1) + kc
+            prec = (np.cumsum(ok) + okc) / k
+            cut = np.append(m[1:] != m[:-1], True)  # a margin threshold keeps all ties or none
+            good = np.nonzero(cut & (prec >= precision))[0]
+            if good.size:
+                best = max(best, int(good[-1]) + 1 + kc)
+            elif kc and okc >= precision * kc:
+                best = max(best, kc)
     return _frac(best, len(recs))
 
 
