@@ -101,6 +101,8 @@ def test_rerank_puts_the_printing_whose_number_the_card_shows_first(contest, tru
         # by its patch deficit
         assert out.scores[0] == pytest.approx(0.90)
         assert out.card_ids[:2] in ([true_id, other], [other, true_id], [true_id, "base1-5"], [other, "base1-5"])
+        # other illustrations keep their places in the list the server gets
+        assert set(out.card_ids) == {true_id, other, "base1-5", "other-1"}
     assert wins == 6
 
 

@@ -141,10 +141,12 @@ class Reprints:
         order = np.argsort(-s)[:k]
         return [(members[i], float(s[i])) for i in order]
 
-    def patch_scores(self, card_gray: np.ndarray, members: list[int], slack: int, search: int = 0) -> np.ndarray:
+    def patch_scores(self, card_gray: np.ndarray, members: list[int], slack: int, search: int = 0,
+                     reads: dict | None = None) -> np.ndarray:
         """Area-weighted best NCC of each member's patches in the card (``card_gray``: gray, low-passed, at
         the contest's scale). Each box is first located by the contest's mean face within ``search`` px (the
-        quad's corners are a few px off), then every printing's patch slides ``slack`` px around that."""
+        quad's corners are a few px off), then every printing's patch slides ``slack`` px around that.
+        ``reads`` receives the card's pixels at each member's best position: (box index, member) -> patch."""
         g = int(self.member_group[members[0]])
         H, W = card_gray.shape
         tot = np.zeros(len(members))
@@ -160,40 +162,30 @@ class Reprints:
                 continue
             for j, m in enumerate(members):
                 tpl = self.templates(m)[b]
-                tot[j] += area * float(cv2.matchTemplate(region, tpl, cv2.TM_CCOEFF_NORMED).max())
+                _, mx, _, (lx, ly) = cv2.minMaxLoc(cv2.matchTemplate(region, tpl, cv2.TM_CCOEFF_NORMED))
+                tot[j] += area * float(mx)
+                if reads is not None:
+                    reads[(b, m)] = region[ly:ly + tpl.shape[0], lx:lx + tpl.shape[1]]
             wsum += area
         return tot / wsum if wsum else tot
 
-    def pair_win(self, card_gray: np.ndarray, a: int, b: int, slack: int, search: int = 0) -> float | None:
-        """a's win over b where their patches differ: per box, each template's best position in the card
-        (as in ``patch_scores``), then NCC over the pixels where a and b differ only, a's minus b's, weighted
-        by those pixels. Why: the boxes' shared pixels (the rest of a number, its frame) correlate equally
-        with both and dilute what tells them apart. None when they do not differ anywhere."""
-        g = int(self.member_group[a])
-        H, W = card_gray.shape
+    def pair_win(self, reads: dict, a: int, b: int) -> float | None:
+        """a's win over b where their patches differ: per box, the card read at each one's best position
+        (``reads`` from ``patch_scores``), NCC over the pixels where a and b differ only, a's minus b's,
+        weighted by those pixels. Why: the boxes' shared pixels (the rest of a number, its frame) correlate
+        equally with both and dilute what tells them apart. None when they do not differ anywhere."""
         tot = wsum = 0.0
-        for k, (y0, y1, x0, x1) in enumerate(self.group_boxes(g)):
-            box = int(self.group_box_start[g]) + k
+        for k in range(len(self.group_boxes(int(self.member_group[a])))):
             ta, tb = self.templates(a)[k], self.templates(b)[k]
-            d = (np.abs(ta - tb) > PAIR_DIFF).astype(np.uint8)
-            n = int(d.sum())
-            if n < 4:
+            qa, qb = reads.get((k, a)), reads.get((k, b))
+            mask = np.abs(ta - tb) > PAIR_DIFF
+            n = int(mask.sum())
+            if n < 4 or qa is None or qb is None:
                 continue
-            if search:
-                dy, dx = _locate(card_gray, self.mean(box), (y0, y1, x0, x1), search)
-                y0, y1, x0, x1 = y0 + dy, y1 + dy, x0 + dx, x1 + dx
-            ry0, rx0 = max(0, y0 - slack), max(0, x0 - slack)
-            region = card_gray[ry0:min(H, y1 + slack), rx0:min(W, x1 + slack)]
-            if region.shape[0] < ta.shape[0] or region.shape[1] < ta.shape[1]:
-                continue
-            mask = d.astype(bool)
-            s = []
-            for t in (ta, tb):
-                _, _, _, (lx, ly) = cv2.minMaxLoc(cv2.matchTemplate(region, t, cv2.TM_CCOEFF_NORMED))
-                q = region[ly:ly + t.shape[0], lx:lx + t.shape[1]]
-                s.append(_ncc(q[mask], t[mask]) - _ncc(q[mask], (tb if t is ta else ta)[mask]))
             # the card read at a's best position and at b's: each says how much more it looks like a than b
-            tot += n * 0.5 * (s[0] - s[1])
+            sa = _ncc(qa[mask], ta[mask]) - _ncc(qa[mask], tb[mask])
+            sb = _ncc(qb[mask], tb[mask]) - _ncc(qb[mask], ta[mask])
+            tot += n * 0.5 * (sa - sb)
             wsum += n
         return tot / wsum if wsum else None
 
@@ -211,22 +203,27 @@ class Reprints:
         size = (CANVAS[0] // scale, CANVAS[1] // scale)
         gray = cv2.cvtColor(rectify(frame, quad, size), cv2.COLOR_BGR2GRAY).astype(np.float32)
         gray = cv2.GaussianBlur(gray, (0, 0), SIGMA)
-        p = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.search // scale)
+        reads: dict = {}
+        p = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.search // scale, reads)
         if cfg.pairwise:
             i, j = np.argsort(-p, kind="stable")[:2]
-            w = self.pair_win(gray, members[i], members[j], max(1, cfg.slack // scale), cfg.search // scale)
+            w = self.pair_win(reads, members[i], members[j])
             if w is not None:
                 # the order stays the boxes' (the pairwise verdict alone ranked worse on development captures,
                 # seed 761000); the margin is their mean where both agree and none where they disagree
                 p[j] = p[i] - (0.5 * (p[i] - p[j] + w) if w > 0 else 0.0)
         best = float(p.max())
         lead_score = max(s for _, s in cont)
-        scores = {c: s for c, s in zip(match.card_ids, match.scores)}
-        for (m, _), pm in zip(cont, p):
-            scores[self.ids[int(self.member_row[m])]] = lead_score - cfg.weight * (best - float(pm))
-        top = sorted(scores.items(), key=lambda kv: -kv[1])[:len(match.card_ids)]
-        detail = {"patch": {self.ids[int(self.member_row[m])]: round(float(pm), 4) for m, pm in zip(members, p)}}
-        names = {self.ids[int(self.member_row[m])] for m in members}
+        names = [self.ids[int(self.member_row[m])] for m in members]
+        rescored = sorted(((c, lead_score - cfg.weight * (best - float(pm))) for c, pm in zip(names, p)),
+                          key=lambda kv: -kv[1])
+        # The contest keeps as many places in the list as it held (at least two): printings from outside the
+        # top-k may take them, but not the places of other illustrations — with bad corners the leader's
+        # illustration is wrong, and the true card is one of those others (the server verifies the list).
+        held = max(2, sum(c in set(names) for c in match.card_ids))
+        others = [(c, s) for c, s in zip(match.card_ids, match.scores) if c not in set(names)]
+        top = sorted(rescored[:held] + others, key=lambda kv: -kv[1])[:len(match.card_ids)]
+        detail = {"patch": {c: round(float(pm), 4) for c, pm in zip(names, p)}}
         contest = len(top) > 1 and top[0][0] in names and top[1][0] in names
         return Match([c for c, _ in top], [s for _, s in top], contest), detail
 
