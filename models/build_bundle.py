@@ -190,19 +190,16 @@ def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndar
     cards (``models.eval.negatives``: playing cards, MTG photos, photo patches, plain cards; seeds far from
     its evaluation's 910000). Why: the accept rule must not take an MTG card for a Pokémon card, and catalog
     captures alone cannot say where that starts. Empty without the shared photos."""
-    from models.eval.negatives import KINDS, Objects
-    from models.synth.capture import CaptureConfig, simulate_capture
+    from models.eval.negatives import Objects, frames
+    from models.synth.capture import CaptureConfig
 
     try:
         objects = Objects(Path(a.pokemon_tcg_data).parent)
     except FileNotFoundError as exc:
         log(f"no calibration negatives: {exc}")
         return np.zeros(0), np.zeros(0), np.zeros(0, bool)
-    cfg = CaptureConfig(size=(640, 480), mode="scanner_box")
     rows = []
-    for i in range(n):
-        rng = np.random.default_rng(seed + i)
-        frame, _ = simulate_capture([objects.draw(KINDS[i % len(KINDS)], rng)], [f"not-a-card-{i}"], rng, cfg)
+    for _, _, frame, _ in frames(objects, n, seed, CaptureConfig(size=(640, 480), mode="scanner_box")):
         rows += [(c.score, c.margin, c.reprint_contest) for c in pipe.process(frame).cards if not c.quality_flag]
     return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows], bool))
 

@@ -93,8 +93,8 @@ def difference_groups(faces: list[np.ndarray]) -> list[tuple[list[int], list[tup
 def build(catalog_dir: str | Path, ids: list[str]) -> dict[str, np.ndarray]:
     """The arrays of ``catalog/reprints.npz`` for the bundle's ``ids`` (its catalog rows, in order)."""
     catalog_dir = Path(catalog_dir)
-    rows = {json.loads(x)["card_id"]: json.loads(x) for x in (catalog_dir / "index.jsonl").read_text().splitlines()
-            if x.strip()}
+    rows = [json.loads(x) for x in (catalog_dir / "index.jsonl").read_text().splitlines() if x.strip()]
+    rows = {r["card_id"]: r for r in rows}
     row_of = {c: i for i, c in enumerate(ids)}
     by_ill: dict[str, list[str]] = {}
     for c in ids:

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.vision.geometry import box_iou, quad_iou, rectify
+from device.vision.geometry import box_iou, quad_iou
 from models.synth.capture import CaptureConfig
 from models.synth.dataset import make_frame
 
@@ -97,7 +97,7 @@ def oracle_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0
     for gt in labels["cards"]:
         if gt.get("visible", 1.0) < min_visible or not in_frame(gt["quad"], size):
             continue
-        m, _, _ = pipe.identify_crop(rectify(frame, np.array(gt["quad"], np.float32)))
+        m = pipe.identify_quad(frame, np.array(gt["quad"], np.float32))
         out.append({"card_id": gt["card_id"], "top1": m.card_ids[0], "top5": m.card_ids, "score": m.score,
                     "margin": m.margin})
     return out

@@ -175,6 +175,18 @@ class VisionPipeline:
         t2 = time.perf_counter()
         return m, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
+    def identify_quad(self, frame: np.ndarray, quad: np.ndarray) -> Match:
+        """The card under ``quad`` identified as ``process`` does (embedding match, then the reprint check),
+        without detection or gate: for evaluating identification with known corners."""
+        crop = rectify(frame, quad)
+        e = self.embedder.embed(crop)
+        return self._rerank(self.matcher.topk(e, TOP_K), frame, quad, e)
+
+    def _rerank(self, m: Match, frame: np.ndarray, quad: np.ndarray, e: np.ndarray) -> Match:
+        if self.reprints is None:
+            return m
+        return self.reprints.rerank(m, frame, quad, self.matcher.matrix, e, self.rerank)[0]
+
     def process(self, frame: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
         dets: list[Detection] = self.detector.detect(frame)[: self.max_cards]
@@ -227,12 +239,10 @@ class VisionPipeline:
             for (i, quad, crop), m, e in zip(variants, matches, embs):
                 if i not in best or m.score > best[i][0].score:
                     best[i] = (m, quad, crop, e)
-            if self.reprints is not None:
-                t5 = time.perf_counter()
-                for i, (m, quad, crop, e) in best.items():
-                    best[i] = (self.reprints.rerank(m, frame, quad, self.matcher.matrix, e, self.rerank)[0],
-                               quad, crop, e)
-                ms["match"] += (time.perf_counter() - t5) * 1e3
+            t5 = time.perf_counter()
+            for i, (m, quad, crop, e) in best.items():
+                best[i] = (self._rerank(m, frame, quad, e), quad, crop, e)
+            ms["match"] += (time.perf_counter() - t5) * 1e3
             for i in sorted(best):
                 m, quad, crop, _ = best[i]
                 flag = todo[i].flag

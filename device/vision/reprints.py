@@ -1,8 +1,8 @@
 """Tell reprints apart on the device: the few pixels where printings of one illustration differ.
 
-Why: reprints share the art, so the embedder puts them on top of each other (5 % of full-catalog scanner-box
-captures were a same-illustration mix-up, seed 760000), and the margin rule then sends every one of them to
-the server. What separates them is small and at fixed places of the card: the collector number, the set
+Why: reprints share the art, so the embedder puts them on top of each other (163 of the 167 device errors of
+the full-catalog eval-final run with bundle demo-2, docs/device-vision.md), and the margin rule then sends every
+one of them to the server. What separates them is small and at fixed places of the card: the collector number, the set
 symbol, a rarity mark. The bundle stores, per *contest* (printings of one illustration whose faces differ in
 a few places only), the boxes where they differ, the contest's mean face there and each printing's
 difference from it (``catalog/reprints.npz``, built by ``models.reprints``). At match time the printings of
@@ -33,8 +33,8 @@ FILE = "catalog/reprints.npz"
 # (4 px in the embedder's 268-px crop).
 CANVAS = EVIDENCE_MAX_SIZE  # (W, H)
 # A light low-pass of both the card and the stored patches before comparing (JPEG blocks, sensor noise). More
-# (sigma 1.2, 1.7) blurred the glyphs together: fewer reprint contests decided safely on development captures
-# (seed 761000), where 0.5 and none did best.
+# (sigma 1.2, 1.7) blurred the glyphs together and decided fewer reprint contests safely on development
+# captures (docs/device-vision.md, "Reprints on the device").
 SIGMA = 0.5
 PAIR_DIFF = 6.0  # gray levels (low-passed) at which two printings' patches count as different there
 LOCATE_MIN = 0.3  # a weaker fit of a box's surroundings keeps the quad's placement
@@ -183,8 +183,8 @@ class Reprints:
             if n < 4 or qa is None or qb is None:
                 continue
             # the card read at a's best position and at b's: each says how much more it looks like a than b
-            sa = _ncc(qa[mask], ta[mask]) - _ncc(qa[mask], tb[mask])
-            sb = _ncc(qb[mask], tb[mask]) - _ncc(qb[mask], ta[mask])
+            sa = ncc(qa[mask], ta[mask]) - ncc(qa[mask], tb[mask])
+            sb = ncc(qb[mask], tb[mask]) - ncc(qb[mask], ta[mask])
             tot += n * 0.5 * (sa - sb)
             wsum += n
         return tot / wsum if wsum else None
@@ -209,8 +209,8 @@ class Reprints:
             i, j = np.argsort(-p, kind="stable")[:2]
             w = self.pair_win(reads, members[i], members[j])
             if w is not None:
-                # the order stays the boxes' (the pairwise verdict alone ranked worse on development captures,
-                # seed 761000); the margin is their mean where both agree and none where they disagree
+                # the order stays the boxes' (the pairwise verdict alone ranked worse on development captures);
+                # the margin is their mean where both agree and none where they disagree
                 p[j] = p[i] - (0.5 * (p[i] - p[j] + w) if w > 0 else 0.0)
         best = float(p.max())
         lead_score = max(s for _, s in cont)
@@ -220,15 +220,17 @@ class Reprints:
         # The contest keeps as many places in the list as it held (at least two): printings from outside the
         # top-k may take them, but not the places of other illustrations — with bad corners the leader's
         # illustration is wrong, and the true card is one of those others (the server verifies the list).
-        held = max(2, sum(c in set(names) for c in match.card_ids))
-        others = [(c, s) for c, s in zip(match.card_ids, match.scores) if c not in set(names)]
+        in_contest = set(names)
+        held = max(2, sum(c in in_contest for c in match.card_ids))
+        others = [(c, s) for c, s in zip(match.card_ids, match.scores) if c not in in_contest]
         top = sorted(rescored[:held] + others, key=lambda kv: -kv[1])[:len(match.card_ids)]
         detail = {"patch": {c: round(float(pm), 4) for c, pm in zip(names, p)}}
-        contest = len(top) > 1 and top[0][0] in names and top[1][0] in names
+        contest = len(top) > 1 and top[0][0] in in_contest and top[1][0] in in_contest
         return Match([c for c, _ in top], [s for _, s in top], contest), detail
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two equally shaped arrays (0 when either is flat)."""
     a = a - a.mean()
     b = b - b.mean()
     d = float(np.sqrt((a * a).sum() * (b * b).sum()))

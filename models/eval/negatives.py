@@ -93,10 +93,22 @@ class Objects:
         return np.clip(card + noise, 0, 255).astype(np.uint8)
 
 
+def frames(objects: Objects, n: int, seed: int, cfg):
+    """(i, kind, frame, labels) for ``n`` capture frames of one non-catalog object each, the kinds in turn;
+    frame ``i`` is seeded ``seed + i``."""
+    from models.synth.capture import simulate_capture
+
+    for i in range(n):
+        rng = np.random.default_rng(seed + i)
+        kind = KINDS[i % len(KINDS)]
+        frame, labels = simulate_capture([objects.draw(kind, rng)], [f"not-a-card-{i}"], rng, cfg)
+        yield i, kind, frame, labels
+
+
 def run(a) -> dict:
     from device.vision.geometry import quad_iou
     from device.vision.pipeline import VisionPipeline
-    from models.synth.capture import CaptureConfig, simulate_capture
+    from models.synth.capture import CaptureConfig
 
     objects = Objects(Path(a.shared_data))
     system = None
@@ -115,10 +127,7 @@ def run(a) -> dict:
     scans_out = open(a.scans_out, "w") if a.scans_out else None
     per: dict[str, Counter] = {k: Counter() for k in KINDS}
     resolved_conf: dict[str, list[float]] = {}  # the resolver's confidence in each false resolution
-    for i in range(a.n):
-        rng = np.random.default_rng(a.seed + i)
-        kind = KINDS[i % len(KINDS)]
-        frame, labels = simulate_capture([objects.draw(kind, rng)], [f"not-a-card-{i}"], rng, cfg)
+    for i, kind, frame, labels in frames(objects, a.n, a.seed, cfg):
         res = pipe.process(frame)
         c = per[kind]
         if system is not None:

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from device.vision.geometry import CANONICAL_SIZE, margin_box, padded_size
+from device.vision.reprints import ncc as _ncc
 
 log = logging.getLogger(__name__)
 
@@ -346,10 +347,7 @@ def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
         a, b = a[mask], b[mask]
     if a.size < 16:
         return 0.0
-    a = a - a.mean()
-    b = b - b.mean()
-    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / d) if d > 1e-6 else 0.0
+    return _ncc(a, b)
 
 
 def zone_mask(zone: str) -> np.ndarray:
