@@ -83,6 +83,8 @@ class Thresholds(BaseModel):
     accept_reprint_margin: float | None = Field(
         None, ge=0.0, le=2.0, description="Minimum margin to accept when the two best are printings of one reprint "
                                           "contest decided by difference patches (None: accept_margin).")
+    reprint_min_height: float = Field(0.0, ge=0.0, le=10_000.0, description="Card height in the frame (px) below "
+                                      "which a reprint contest's verdict is never accepted (its patches are too small).")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Thresholds":

@@ -4,7 +4,8 @@
 
 1. render the catalog (all printings) to ``var/catalog`` (skipped when already there)
 2. detector: simulated captures (¼ of them with the real sv1 scans) + playing-card TRAIN photos → train
-   (soft coverage targets) → int8 TFLite
+   (soft coverage targets) → int8 TFLite; then the edge model that snaps its quads onto the card's outline
+   (``models.detector.edges``, trained on that detector's own quads)
 3. embedder: cached (capture, catalog, hard negative) triples → closed-form metric learning of the linear
    paths → optional InfoNCE fine-tuning of the CNN paths (``--finetune-steps``) → int8 TFLite
 4. embed every printing of the catalog with the *exported* int8 embedder → ``catalog/embeddings.npy`` (int8)
@@ -14,7 +15,7 @@
 7. golden images + ``write_bundle`` (``device.bundle``)
 
 ``--refresh-catalog`` keeps the models and embeddings of the bundle at ``--out`` and redoes 5-7 only (minutes:
-after a change to the reprint patches or the accept rule).
+after a change to the reprint patches or the accept rule; ``--retrain-edges`` also trains the edge model again).
 
 Everything is seeded; each stage's output lives under ``var/build/`` and is reused when present (delete it
 or pass ``--fresh`` to redo). ``--embedder-checkpoint`` / ``--detector-checkpoint`` skip training.
@@ -175,6 +176,7 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
     margins = np.array([r["margin"] for r in ok])
     correct = np.array([r["top1"] == r["card_id"] for r in ok])
     contest = np.array([bool(r.get("reprint_contest")) for r in ok])
+    heights = np.array([r["height"] for r in ok])
     # no_card_score is a floor for true cards in the worst conditions: taken over the hand-held and grid captures
     # only, so that adding the easy scanner-box captures does not raise it (a higher floor turns real cards with
     # bad corners or light into no_card answers, which the resolver never sees)
@@ -182,11 +184,11 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
                      and r["top1"] == r["card_id"]])
     neg = calibration_negatives(a, pipe, 40 if a.quick else 400)
     return choose_thresholds(scores, margins, correct, target_precision, no_card_scores=hard, contest=contest,
-                             negatives=neg) | {"calibration_cards": len(ok), "calibration_negatives": len(neg[0])}
+                             negatives=neg, heights=heights) | {"calibration_cards": len(ok), "calibration_negatives": len(neg[0])}
 
 
-def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, margins, contest) of the clean detections in scanner-box frames of things that are not catalog
+def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndarray, ...]:
+    """(scores, margins, contest, heights) of the clean detections in scanner-box frames of things that are not catalog
     cards (``models.eval.negatives``: playing cards, MTG photos, photo patches, plain cards; seeds far from
     its evaluation's 910000). Why: the accept rule must not take an MTG card for a Pokémon card, and catalog
     captures alone cannot say where that starts. Empty without the shared photos."""
@@ -197,60 +199,78 @@ def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndar
         objects = Objects(Path(a.pokemon_tcg_data).parent)
     except FileNotFoundError as exc:
         log(f"no calibration negatives: {exc}")
-        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
+        return np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0)
+    from device.vision.geometry import card_height
+
     rows = []
     for _, _, frame, _ in frames(objects, n, seed, CaptureConfig(size=(640, 480), mode="scanner_box")):
-        rows += [(c.score, c.margin, c.reprint_contest) for c in pipe.process(frame).cards if not c.quality_flag]
-    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows], bool))
+        rows += [(c.score, c.margin, c.reprint_contest, card_height(c.quad)) for c in pipe.process(frame).cards
+                 if not c.quality_flag]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows], bool),
+            np.array([r[3] for r in rows]))
+
+
+HEIGHT_GRID = (0.0, 120.0, 160.0, 200.0, 240.0, 280.0, 320.0)  # reprint_min_height candidates, frame px
 
 
 def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarray, target: float = 0.999,
                       no_card_scores: np.ndarray | None = None, contest: np.ndarray | None = None,
-                      negatives: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+                      negatives: tuple[np.ndarray, ...] | None = None, heights: np.ndarray | None = None,
+                      grid: int = 200) -> dict:
     """Maximise the accepted fraction subject to empirical precision ≥ target on the calibration cards
     (so the calibration set must hold well over 1/(1 − target) cards for the target to mean anything).
     ``no_card_score``: the 0.5 % quantile of the correct cards' scores — of ``no_card_scores`` when given.
 
     ``contest``: which cards' margins are reprint-patch verdicts (``Match.contest``); they get a margin threshold
     of their own (``accept_reprint_margin``). ``negatives``: (scores, margins, contest) of detections of things
-    that are not catalog cards; no threshold set that accepts one of them is chosen. Among equally good sets
-    the strictest wins (the calibration cards cannot tell them apart; unseen objects can)."""
+    that are not catalog cards (and their heights, a fourth array, with ``heights``); no threshold set that
+    accepts one of them is chosen. ``heights``: the cards' heights in the frame (px); a reprint verdict is then
+    accepted only on cards at least ``reprint_min_height`` tall (chosen from HEIGHT_GRID). Among equally good
+    sets the strictest wins (the calibration cards cannot tell them apart; unseen objects can). ``grid``: the
+    candidate thresholds are that many quantiles of the calibration's scores and margins (50 until bundle demo-6:
+    the accept score then jumped between grid points 0.04 apart, and which two depended on the low-score cards'
+    count; on demo-6's calibration records 50 → 200 quantiles moved the calibrated coverage 0.840 → 0.847)."""
     if len(scores) == 0:
         return {"accept_score": 0.99, "accept_margin": 0.5, "no_card_score": 0.0, "calibrated_precision": None,
                 "calibrated_coverage": 0.0}
     C = np.zeros(len(scores), bool) if contest is None else np.asarray(contest, bool)
-    s_grid = np.unique(np.quantile(scores, np.linspace(0, 0.98, 50)))
+    s_grid = np.unique(np.quantile(scores, np.linspace(0, 0.98, grid)))
 
     def m_grid(m: np.ndarray) -> np.ndarray:
-        return np.unique(np.concatenate([[0.0], np.quantile(m, np.linspace(0, 0.98, 50)) if len(m) else []]))
+        return np.unique(np.concatenate([[0.0], np.quantile(m, np.linspace(0, 0.98, grid)) if len(m) else []]))
 
     mg, rg = m_grid(margins[~C]), m_grid(margins[C])
     ns, nm, nc = (np.zeros(0), np.zeros(0), np.zeros(0, bool)) if negatives is None else (
         np.asarray(negatives[0]), np.asarray(negatives[1]), np.asarray(negatives[2], bool))
-    best = None  # (accepted, m, r, s, wrong)
-    for s in s_grid:
-        a = scores >= s
-        # accepted / wrong per margin threshold, for plain and for contest cards
-        A = (margins[a & ~C][:, None] >= mg[None, :])
-        Ar = (margins[a & C][:, None] >= rg[None, :])
-        k1, w1 = A.sum(0), (A & ~correct[a & ~C][:, None]).sum(0)
-        k2, w2 = Ar.sum(0), (Ar & ~correct[a & C][:, None]).sum(0)
-        K, W = k1[:, None] + k2[None, :], w1[:, None] + w2[None, :]
-        ok = (K > 0) & (W <= (1 - target) * K)
-        neg = ns >= s
-        ok &= ~(nm[neg & ~nc][:, None] >= mg[None, :]).any(0)[:, None]
-        ok &= ~(nm[neg & nc][:, None] >= rg[None, :]).any(0)[None, :]
-        if not ok.any():
-            continue
-        Kok = np.where(ok, K, -1)
-        kmax = int(Kok.max())
-        i, j = max(zip(*np.nonzero(Kok == kmax)))  # the strictest margins among the best
-        if best is None or kmax > best[0] or (kmax == best[0] and s > best[3]):
-            best = (kmax, float(mg[i]), float(rg[j]), float(s), int(W[i, j]))
+    H = np.full(len(scores), np.inf) if heights is None else np.asarray(heights, float)
+    nh = np.asarray(negatives[3], float) if negatives is not None and len(negatives) > 3 and heights is not None \
+        else np.full(len(ns), np.inf)
+    best = None  # (accepted, m, r, s, wrong, h)
+    for h in (HEIGHT_GRID if heights is not None else (0.0,)):
+        Ch, nch = C & (H >= h), nc & (nh >= h)  # contest cards whose verdict may be accepted at all
+        for s in s_grid:
+            a = scores >= s
+            # accepted / wrong per margin threshold, for plain and for contest cards
+            A = (margins[a & ~C][:, None] >= mg[None, :])
+            Ar = (margins[a & Ch][:, None] >= rg[None, :])
+            k1, w1 = A.sum(0), (A & ~correct[a & ~C][:, None]).sum(0)
+            k2, w2 = Ar.sum(0), (Ar & ~correct[a & Ch][:, None]).sum(0)
+            K, W = k1[:, None] + k2[None, :], w1[:, None] + w2[None, :]
+            ok = (K > 0) & (W <= (1 - target) * K)
+            neg = ns >= s
+            ok &= ~(nm[neg & ~nc][:, None] >= mg[None, :]).any(0)[:, None]
+            ok &= ~(nm[neg & nch][:, None] >= rg[None, :]).any(0)[None, :]
+            if not ok.any():
+                continue
+            Kok = np.where(ok, K, -1)
+            kmax = int(Kok.max())
+            i, j = max(zip(*np.nonzero(Kok == kmax)))  # the strictest margins among the best
+            if best is None or kmax > best[0] or (kmax == best[0] and (s, h) > (best[3], best[5])):
+                best = (kmax, float(mg[i]), float(rg[j]), float(s), int(W[i, j]), h)
     if best is None:  # target unreachable on this data: accept (almost) nothing
         best = (0, min(float(margins.max()) + 1e-3, 2.0), min(float(margins.max()) + 1e-3, 2.0),
-                min(float(scores.max()) + 1e-3, 1.0), 0)
-    k, m, r, s, w = best
+                min(float(scores.max()) + 1e-3, 1.0), 0, 0.0)
+    k, m, r, s, w, h = best
     floor = scores[correct] if no_card_scores is None or len(no_card_scores) == 0 else np.asarray(no_card_scores)
     no_card = float(np.quantile(floor, 0.005)) if len(floor) else 0.0
     no_card = min(no_card, s)
@@ -259,6 +279,8 @@ def choose_thresholds(scores: np.ndarray, margins: np.ndarray, correct: np.ndarr
            "calibrated_coverage": round(k / len(scores), 4)}
     if contest is not None:
         out["accept_reprint_margin"] = round(r, 4)
+    if heights is not None:
+        out["reprint_min_height"] = h
     return out
 
 
@@ -305,8 +327,23 @@ def catalog_version(ids: list[str]) -> str:
     return "ptcg-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
 
 
+def train_edges(a, work: Path, det_tflite: Path) -> Path:
+    """The learned edge snap for this detector's quads (``models.detector.edges``; a few CPU-minutes)."""
+    from models.detector import edges
+
+    out = work / "edges"
+    if (out / "detector_edges.npz").is_file():
+        log(f"edge model: reusing {out}")
+        return out / "detector_edges.npz"
+    log("edge model: training")
+    q = a.quick
+    return edges.build(det_tflite, a.catalog, out, frames=60 if q else 2400, held_out=20 if q else 300,
+                       steps=100 if q else 3000, threads=a.threads)
+
+
 def assemble(a, out: Path, det_tflite: Path, emb_tflite: Path, emb: np.ndarray, ids: list[str],
-             thresholds: dict, extra_files: dict | None = None, reprints: bytes | None = None) -> None:
+             thresholds: dict, extra_files: dict | None = None, reprints: bytes | None = None,
+             edges: Path | None = None) -> None:
     from device.bundle import write_bundle
     from device.vision import detector as D
     from device.vision import geometry as G
@@ -321,6 +358,10 @@ def assemble(a, out: Path, det_tflite: Path, emb_tflite: Path, emb: np.ndarray, 
     buf = __import__("io").BytesIO()
     np.save(buf, emb)
     files["catalog/embeddings.npy"] = buf.getvalue()
+    if edges is not None:
+        from device.vision.edges import FILE as EDGES_FILE
+
+        files[EDGES_FILE] = edges
     if reprints is not None:
         from device.vision.reprints import FILE as REPRINTS_FILE
 
@@ -366,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="where to save the compact PyTorch weights of the exported embedder ('' = skip)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--refresh-catalog", action="store_true",
-                    help="reuse --out's detector, embedder and embeddings; redo reprint patches, thresholds, golden")
+                    help="reuse --out's detector, edge model, embedder and embeddings; redo reprint patches, thresholds, golden")
+    ap.add_argument("--retrain-edges", action="store_true",
+                    help="with --refresh-catalog: train the edge model again (else --out's is kept, if it has one)")
     a = ap.parse_args(argv)
     work = Path(a.work)
     if a.fresh:
@@ -380,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(src, ignore_errors=True)
         shutil.copytree(a.out, src)
         det_tfl, emb_tfl = src / "detector.tflite", src / "embedder.tflite"
+        from device.vision.edges import FILE as EDGES_FILE
+
+        edges = src / EDGES_FILE if (src / EDGES_FILE).is_file() and not a.retrain_edges else train_edges(a, work, det_tfl)
         emb = np.load(src / "catalog" / "embeddings.npy", allow_pickle=False)
         ids = json.loads((src / "catalog" / "ids.json").read_text())
     else:
@@ -389,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         det_tfl, emb_tfl = work / "detector.tflite", work / "embedder.tflite"
         export(a, "detector", det_ckpt, cd, det_tfl)
         export(a, "embedder", emb_ckpt, ce, emb_tfl)
+        edges = train_edges(a, work, det_tfl)
         from models.embedder.model import STRIP_WEIGHT
 
         emb, ids = embed_catalog(a, work, emb_tfl, STRIP_WEIGHT)
@@ -403,15 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     prov = work / "bundle_provisional"
     provisional = {"accept_score": 0.5, "accept_margin": 0.05, "no_card_score": -1.0, "reprints": rerank}
     gold = golden(a, prov)
-    assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold, reprints)
+    assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold, reprints, edges)
     th = calibrate(a, prov)
     log(f"thresholds {th}")
-    thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "accept_reprint_margin", "no_card_score")}
+    thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "accept_reprint_margin", "reprint_min_height",
+                                     "no_card_score")}
     thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards",
                                                     "calibration_negatives")}
     thresholds["reprints"] = rerank
     gold = golden(a, Path(a.out), bundle_for_check=prov)
-    assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold, reprints)
+    assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold, reprints, edges)
     log(f"bundle written: {a.out}")
     if a.parity_checkpoint and emb_ckpt is not None:
         import torch

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device.vision.geometry import box_iou, quad_iou
+from device.vision.geometry import box_iou, card_height, quad_iou
 from models.synth.capture import CaptureConfig
 from models.synth.dataset import make_frame
 
@@ -78,6 +78,7 @@ def card_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9
         if r["identified"]:
             r.update(top1=best.candidates[0][0], top5=[c for c, _ in best.candidates], score=best.score,
                      margin=best.margin, reprint_contest=best.reprint_contest, decision=best.decision,
+                     height=round(card_height(best.quad), 1),
                      quality_flag=best.quality_flag,
                      corner_err=float(np.abs(best.quad - gq).max()),
                      # the same up to the corner order: the quad's fit apart from its orientation (top side)

@@ -208,6 +208,11 @@ def test_decision_rule():
     # identified despite a soft gate failure: never accepted, however good the match
     assert decide(Match(["a", "b"], [0.95, 0.2]), th, soft=True) == "ambiguous"
     assert decide(Match(["a", "b"], [0.3, 0.2]), th, soft=True) == "no_card"
+    # a reprint verdict on a card too small for its patches is never accepted; an embedding verdict still is
+    small = Thresholds(0.8, 0.05, 0.4, accept_reprint_margin=0.01, reprint_min_height=200)
+    assert decide(Match(["a", "b"], [0.9, 0.88], contest=True), small, height=150) == "ambiguous"
+    assert decide(Match(["a", "b"], [0.9, 0.88], contest=True), small, height=250) == "accept"
+    assert decide(Match(["a", "b"], [0.9, 0.8]), small, height=150) == "accept"
 
 
 def test_choose_thresholds_meets_the_target_and_takes_the_no_card_floor_given():
@@ -219,8 +224,11 @@ def test_choose_thresholds_meets_the_target_and_takes_the_no_card_floor_given():
     n = 5000
     correct = rng.random(n) > 0.1
     scores = np.where(correct, rng.uniform(0.5, 1.0, n), rng.uniform(0.3, 0.8, n))
-    margins = np.where(correct, rng.uniform(0.0, 0.5, n), rng.uniform(0.0, 0.08, n))
+    # wrong cards: margins below 0.08 when they score 0.6 or more; below that, any margin (so the score matters)
+    margins = np.where(correct, rng.uniform(0.0, 0.5, n),
+                       np.where(scores >= 0.6, rng.uniform(0.0, 0.08, n), rng.uniform(0.0, 0.5, n)))
     th = choose_thresholds(scores, margins, correct, 0.999)
+    assert th["accept_score"] >= 0.58
     acc = (scores >= th["accept_score"]) & (margins >= th["accept_margin"])
     assert acc.sum() > n / 4 and 1 - (acc & ~correct).sum() / acc.sum() >= 0.999
     assert th["accept_margin"] > 0.05  # wrong cards' margins are all below 0.08
@@ -242,7 +250,7 @@ def test_choose_thresholds_gives_reprint_contests_their_own_margin_and_accepts_n
     margins = np.where(contest, np.where(correct, rng.uniform(0.01, 0.05, n), rng.uniform(0.0, 0.008, n)), margins)
     one = choose_thresholds(scores, margins, correct, 0.999)
     two = choose_thresholds(scores, margins, correct, 0.999, contest=contest)
-    assert 0.008 <= two["accept_reprint_margin"] < 0.05 and two["accept_margin"] >= 0.08
+    assert 0.008 <= two["accept_reprint_margin"] < 0.05 and two["accept_margin"] >= 0.07  # 0.1 % may be wrong
     assert two["calibrated_coverage"] > one["calibrated_coverage"] + 0.15
     acc = (scores >= two["accept_score"]) & np.where(contest, margins >= two["accept_reprint_margin"],
                                                       margins >= two["accept_margin"])
@@ -252,6 +260,43 @@ def test_choose_thresholds_gives_reprint_contests_their_own_margin_and_accepts_n
     three = choose_thresholds(scores, margins, correct, 0.999, contest=contest, negatives=neg)
     assert three["accept_margin"] > 0.3 or three["accept_score"] > 0.95
     assert three["calibrated_coverage"] < two["calibrated_coverage"]
+
+
+def test_choose_thresholds_keeps_small_cards_reprint_verdicts_from_setting_the_reprint_margin():
+    """Small cards (a binder page of nine) whose patch verdicts are noise: with their heights the calibration
+    refuses their verdicts instead of raising the reprint margin for every card."""
+    from models.build_bundle import choose_thresholds
+
+    rng = np.random.default_rng(2)
+    n = 4000
+    contest = rng.random(n) < 0.4
+    small = rng.random(n) < 0.2
+    heights = np.where(small, rng.uniform(100, 170, n), rng.uniform(300, 420, n))
+    correct = np.where(contest & small, rng.random(n) > 0.2, rng.random(n) > 0.02)
+    scores = rng.uniform(0.7, 1.0, n)
+    margins = np.where(correct, rng.uniform(0.1, 0.5, n), rng.uniform(0.0, 0.08, n))
+    # large cards: patch margins separate (wrong < 0.008); small cards: the same spread for right and wrong
+    margins = np.where(contest, np.where(small, rng.uniform(0.0, 0.05, n),
+                                         np.where(correct, rng.uniform(0.01, 0.05, n), rng.uniform(0.0, 0.008, n))),
+                       margins)
+    flat = choose_thresholds(scores, margins, correct, 0.999, contest=contest)
+    tall = choose_thresholds(scores, margins, correct, 0.999, contest=contest, heights=heights)
+    assert 170 <= tall["reprint_min_height"] <= 300
+    assert tall["accept_reprint_margin"] < 0.01 < flat["accept_reprint_margin"]
+    assert tall["calibrated_coverage"] > flat["calibrated_coverage"] + 0.05
+    th = Thresholds(tall["accept_score"], tall["accept_margin"], tall["no_card_score"], tall["accept_reprint_margin"],
+                    tall["reprint_min_height"])
+    acc = np.array([decide(Match(["a", "b"], [sc, sc - m], contest=bool(c)), th, height=h) == "accept"
+                    for sc, m, c, h in zip(scores, margins, contest, heights)])
+    assert not (acc & contest & small).any()
+    assert 1 - (acc & ~correct).sum() / acc.sum() >= 0.999
+    # a negative's verdict on a small card does not bind the rule; on a large one it does
+    neg_small = (np.array([0.95]), np.array([0.04]), np.array([True]), np.array([150.0]))
+    assert choose_thresholds(scores, margins, correct, 0.999, contest=contest, heights=heights,
+                             negatives=neg_small)["accept_reprint_margin"] == tall["accept_reprint_margin"]
+    neg_large = (np.array([0.95]), np.array([0.04]), np.array([True]), np.array([380.0]))
+    r = choose_thresholds(scores, margins, correct, 0.999, contest=contest, heights=heights, negatives=neg_large)
+    assert r["accept_reprint_margin"] > 0.04 or r["accept_score"] > 0.95 or r["reprint_min_height"] > 380
 
 
 # ----------------------------------------------------------------------------------------- bundle / runtime

@@ -5,6 +5,10 @@
   two best are printings of one reprint contest decided by their difference patches (``Match.contest``),
   margin ≥ ``accept_reprint_margin``: that margin measures something else (a glyph's correlation, not an
   embedding gap), so one threshold for both would be too loose for one kind or too strict for the other.
+  A reprint verdict also needs the card at least ``reprint_min_height`` frame pixels tall: the patches are a
+  collector number and a set symbol, 5 px tall on a card 375 px tall; on a card half that size (a binder page of
+  nine) they are a blur whose verdict is noise however large its margin, and such cards set the reprint margin
+  for everyone when they may be accepted (bundle demo-6 calibration: a 0.036 margin on a grid card, wrong).
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the
@@ -27,19 +31,24 @@ class Thresholds:
     accept_margin: float
     no_card_score: float
     accept_reprint_margin: float | None = None  # None (an older bundle): accept_margin for every match
+    reprint_min_height: float = 0.0  # frame px; 0 (an older bundle): any size
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Thresholds":
         t = manifest["thresholds"]
         rm = t.get("accept_reprint_margin")
         return cls(float(t["accept_score"]), float(t["accept_margin"]), float(t["no_card_score"]),
-                   None if rm is None else float(rm))
+                   None if rm is None else float(rm), float(t.get("reprint_min_height", 0.0)))
 
 
-def decide(match: Match, th: Thresholds, soft: bool = False) -> str:
+def decide(match: Match, th: Thresholds, soft: bool = False, height: float | None = None) -> str:
+    """``height``: the card's height in the frame (px, ``geometry.card_height``); None = large enough."""
     if match.score < th.no_card_score:
         return "no_card"
-    margin = th.accept_reprint_margin if match.contest and th.accept_reprint_margin is not None else th.accept_margin
+    contest = match.contest and th.accept_reprint_margin is not None
+    if contest and height is not None and height < th.reprint_min_height:
+        return "ambiguous"
+    margin = th.accept_reprint_margin if contest else th.accept_margin
     if not soft and match.score >= th.accept_score and match.margin >= margin:
         return "accept"
     return "ambiguous"

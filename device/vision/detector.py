@@ -6,7 +6,8 @@ Two detectors behind one interface:
   shrunken "kernel" of each card (separates touching and overlapping cards) and top half (orientation).
   Each kernel component becomes a quad (hull → 4 corners), scaled back up about its centre (the kernel
   is the quad shrunk by ``KERNEL_SHRINK``; scaling is affine, so this is exact under perspective), put
-  upright with the top map, then snapped to the card's edges in the full-resolution frame. Kernels of
+  upright with the top map, then snapped to the card's edges in the full-resolution frame (the bundle's learned
+  edge model, ``device.vision.edges``; ``refine_quad`` for a bundle without one). Kernels of
   touching / overlapping cards that merged through a neck are cut apart first (``split_kernels``); a
   portrait frame (phone photo) is turned a quarter so it fills the landscape input.
 * ``ContourDetector``: classical (Canny → contours → convex 4-gons with a card's aspect). No model needed:
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from device.vision.edges import EdgeModel
 from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrait_quad
 
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
@@ -388,12 +390,14 @@ class TFLiteDetector(Detector):
     identified top-1 with/without), and it costs one more inference per card."""
 
     def __init__(self, model_path: str, num_threads: int | None = None, kernel_thresh: float = 0.5,
-                 refine: bool = True, zoom_cards: int = 0, zoom_margin: float = 0.3, split: bool = True):
+                 refine: bool = True, zoom_cards: int = 0, zoom_margin: float = 0.3, split: bool = True,
+                 edges: EdgeModel | None = None):
         from device.vision.runtime import TFLiteModel
 
         self.model = TFLiteModel(model_path, num_threads)
         self.kernel_thresh = kernel_thresh
         self.refine = refine
+        self.edges = edges  # the bundle's learned edge snap; None: the classical refine_quad
         self.zoom_cards = zoom_cards
         self.zoom_margin = zoom_margin
         self.split = split
@@ -462,7 +466,11 @@ class TFLiteDetector(Detector):
                 z.solidity = min(z.solidity, d.solidity)  # occlusion is judged on the whole frame
                 z.info["zoomed"] = True
                 dets[i] = z
-        if self.refine:
+        if self.refine and self.edges is not None:
+            for d in dets:
+                d.quad, info = self.edges.refine(frame, d.quad)
+                d.info.update(info)
+        elif self.refine:
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             for d in dets:
                 d.quad = refine_quad(gray, d.quad)

@@ -28,8 +28,9 @@ import numpy as np
 from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
                                     crop_reject, geometry_reject, inside_fraction, soft_failure)
+from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
-from device.vision.geometry import EVIDENCE_MARGIN, evidence_size, is_landscape, rectify
+from device.vision.geometry import EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, rectify
 from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
@@ -150,7 +151,7 @@ class VisionPipeline:
         cnn = None
         if detector in ("auto", "cnn") and (d / "detector.tflite").is_file():
             cnn = TFLiteDetector(str(d / "detector.tflite"), num_threads,
-                                 kernel_thresh=float(det_spec.get("kernel_threshold", 0.5)))
+                                 kernel_thresh=float(det_spec.get("kernel_threshold", 0.5)), edges=EdgeModel.load(d))
         if detector == "cnn" and cnn is None:
             raise FileNotFoundError(f"{d}/detector.tflite")
         det = ContourDetector() if detector == "contour" else CombinedDetector(cnn)
@@ -246,7 +247,7 @@ class VisionPipeline:
             for i in sorted(best):
                 m, quad, crop, _ = best[i]
                 flag = todo[i].flag
-                dec = decide(m, self.thresholds, soft=flag is not None)
+                dec = decide(m, self.thresholds, soft=flag is not None, height=card_height(quad))
                 if todo[i].source == "contour" and self._cnn and m.score < self.thresholds.accept_score:
                     # the classical fallback where the CNN saw no card: on simulated captures it never once
                     # found a true card (≈ 5,500 cards, seed 900000) but fires on playmat prints and photo

@@ -7,7 +7,7 @@ on 2 cores); when only the detector changed this re-stages the same files with t
 and writes a fresh manifest (file hashes and sizes recomputed by ``write_bundle``; version, thresholds and
 specs carried over). The golden self-test images are kept when the new bundle still identifies every one of
 them; otherwise they are regenerated with ``models.build_bundle.golden`` (same seeds, checked against the new
-bundle). ``--recalibrate`` also re-derives the accept / no_card thresholds with the new detector
+bundle). ``--edges`` adds or replaces the learned edge snap (``models.detector.edges``). ``--recalibrate`` also re-derives the accept / no_card thresholds with the new detector
 (``models.build_bundle.calibrate``; several minutes). Without ``--tflite`` the bundle keeps its detector, so
 
     python -m models.detector.ship --bundle models/bundles/demo --recalibrate
@@ -24,6 +24,10 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
+
+
+RULE = ("accept_score", "accept_margin", "accept_reprint_margin", "reprint_min_height", "no_card_score")  # what --recalibrate re-derives
 
 
 def _stage(out: Path, files: dict, fields: dict) -> None:
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tflite", default=None, help="new detector.tflite (int8, models.export); default: keep the "
                     "bundle's own (with --recalibrate: re-derive the thresholds of the bundle as it is)")
+    ap.add_argument("--edges", default=None, help="new detector_edges.npz (models.detector.edges) to add or replace; "
+                    "train it on the detector the bundle will have")
     ap.add_argument("--bundle", default="models/bundles/demo")
     ap.add_argument("--catalog", default="var/catalog", help="for regenerated goldens / recalibration")
     ap.add_argument("--recalibrate", action="store_true")
@@ -76,17 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     files: dict[str, Path | bytes] = {rel: (bundle / rel).read_bytes() for rel in man.files}
     if a.tflite:
         files["detector.tflite"] = Path(a.tflite).read_bytes()
+    if a.edges:
+        from device.vision.edges import FILE as EDGES_FILE, EdgeModel
+
+        with np.load(a.edges, allow_pickle=False) as z:
+            EdgeModel({k: z[k] for k in z.files})  # refuses a broken file before it is staged
+        files[EDGES_FILE] = Path(a.edges).read_bytes()
     staged = work / "bundle"
     _stage(staged, files, fields)
     report: dict = {}
     if a.recalibrate:
         from models.build_bundle import calibrate
 
-        th = calibrate(argparse.Namespace(threads=a.threads, catalog=a.catalog, quick=False), staged)
+        from models.eval import shared_data
+
+        th = calibrate(argparse.Namespace(threads=a.threads, catalog=a.catalog, quick=False,
+                                          pokemon_tcg_data=str(shared_data() / "pokemon-tcg-data")), staged)
         kept = {k: v for k, v in fields["thresholds"].items()
-                if k not in ("accept_score", "accept_margin", "no_card_score", "calibration")}
-        fields["thresholds"] = kept | {k: th[k] for k in ("accept_score", "accept_margin", "no_card_score")} | {
-            "calibration": {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards")}}
+                if k not in RULE + ("calibration",)}
+        fields["thresholds"] = kept | {k: th[k] for k in RULE if k in th} | {
+            "calibration": {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards",
+                                               "calibration_negatives") if k in th}}
         report["thresholds"] = fields["thresholds"]
         shutil.rmtree(staged)
         _stage(staged, files, fields)

@@ -1,0 +1,200 @@
+"""Train the edge model that snaps detected quads onto the card's outline (``device.vision.edges``).
+
+    python -m models.detector.edges --bundle models/bundles/demo --frames 2400 --out var/train/edges
+
+(``make models`` runs this after the detector: the model learns that detector's errors.)
+
+Data: simulated captures (hand-held, scanner box, binder grid; 640×480 and 1280×960) from seeds far from the
+evaluation's. For every fully visible card, profiles across the sides of (a) the bundle detector's own quad
+before any snap — the errors the model will see — and (b) the labelled quad jittered by a few percent (corner
+errors the detector makes elsewhere). Target: where the labelled side crosses each profile. Loss: softmax
+cross-entropy over a profile's positions (soft label between the two nearest). Writes ``detector_edges.npz``
+and ``report.json`` (mean-corner error of the detector's quads before / after, classic snap, on held-out
+frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from device.vision.detector import refine_quad
+from device.vision.edges import EdgeModel, feature_count, features, side_profiles
+from device.vision.geometry import quad_iou
+from models.synth.capture import CaptureConfig
+from models.synth.dataset import make_frame
+
+SEED = 5_200_000  # training frames; evaluation uses 900000+, development 761000+, calibration 950000+
+MODES = (("free", 0.4), ("scanner_box", 0.4), ("grid", 0.2))
+
+
+def _targets(pts: np.ndarray, normals: np.ndarray, step: float, gq: np.ndarray) -> np.ndarray:
+    """Signed distance (profile steps, outward) from each profile point to the labelled side it crosses."""
+    out = np.empty(pts.shape[:2], np.float32)
+    for i in range(4):
+        a, b = gq[i], gq[(i + 1) % 4]
+        d = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+        n = normals[i]
+        # p + t n on the line through a along d: cross(p + t n - a, d) = 0
+        cr = lambda v: v[..., 0] * d[1] - v[..., 1] * d[0]  # noqa: E731
+        den = float(cr(n))
+        out[i] = -cr(pts[i] - a) / den / step if abs(den) > 1e-3 else np.nan
+    return out
+
+
+def _in_frame(q: np.ndarray, w: int, h: int) -> bool:
+    return bool((q >= 0).all() and (q[:, 0] <= w - 1).all() and (q[:, 1] <= h - 1).all())
+
+
+def collect(detector, catalog: str, ids: list[str], n: int, seed: int, radius: int, half: int, samples: int,
+            jitter: float = 0.02) -> tuple[np.ndarray, np.ndarray, list]:
+    """(profiles [N, 2(radius+half)+1, 3] float16, targets [N] in positions, per-card records for evaluation)."""
+    rng = np.random.default_rng(seed)
+    vals_all, tgt_all, cards = [], [], []
+    for i in range(n):
+        r = rng.random()
+        mode = "free" if r < MODES[0][1] else "scanner_box" if r < MODES[0][1] + MODES[1][1] else "grid"
+        size = (1280, 960) if rng.random() < 0.2 else (640, 480)
+        frame, labels = make_frame(catalog, ids, seed, i, CaptureConfig(size=size, mode=mode))
+        detector.refine = False
+        dets = detector.detect(frame)
+        detector.refine = True
+        for gt in labels["cards"]:
+            gq = np.array(gt["quad"], np.float32)
+            if gt.get("visible", 1.0) < 0.9 or not _in_frame(gq, size[0], size[1]):
+                continue
+            quads = []
+            m = [d.quad for d in dets if quad_iou(d.quad, gq) > 0.5]
+            if m:
+                q = m[0]
+                k = min(range(4), key=lambda k: float(np.abs(np.roll(q, k, 0) - gq).sum()))
+                quads.append(np.roll(q, k, 0).astype(np.float32))
+                cards.append({"frame": frame, "quad": quads[0], "gt": gq, "holder": gt.get("holder")})
+            diag = float(np.linalg.norm(gq[2] - gq[0]))
+            quads.append(gq + rng.normal(0, jitter * diag, gq.shape).astype(np.float32))
+            for q in quads:
+                prof = side_profiles(frame, q, radius, half, samples)
+                if prof is None:
+                    continue
+                pts, normals, step, vals = prof
+                t = _targets(pts, normals, step, gq) + radius
+                ok = np.isfinite(t) & (t >= 0) & (t <= 2 * radius)
+                vals_all.append(vals[ok].astype(np.float16))
+                tgt_all.append(t[ok])
+    return np.concatenate(vals_all), np.concatenate(tgt_all), cards
+
+
+def train(vals: np.ndarray, tgt: np.ndarray, radius: int, half: int, hidden: int, steps: int, batch: int,
+          lr: float, seed: int) -> EdgeModel:
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    F = feature_count(half)
+    net = torch.nn.Sequential(torch.nn.Linear(F, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    P = 2 * radius + 1
+    for s in range(steps):
+        idx = rng.integers(0, len(vals), batch)
+        x = torch.from_numpy(features(vals[idx].astype(np.float32), half, radius))  # [B, P, F]
+        t = torch.from_numpy(tgt[idx])
+        lo = t.floor().long().clamp(0, P - 1)
+        hi = (lo + 1).clamp(max=P - 1)
+        frac = (t - lo.float()).clamp(0, 1)
+        soft = torch.zeros(batch, P)
+        soft.scatter_add_(1, lo[:, None], (1 - frac)[:, None])
+        soft.scatter_add_(1, hi[:, None], frac[:, None])
+        logp = torch.log_softmax(net(x)[..., 0], -1)
+        loss = -(soft * logp).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if s % 250 == 0 or s == steps - 1:
+            print(f"step {s} loss {loss.item():.4f}", flush=True)
+    l1, l2 = net[0], net[2]
+    return EdgeModel({"w1": l1.weight.detach().numpy().T, "b1": l1.bias.detach().numpy(),
+                      "w2": l2.weight.detach().numpy().T, "b2": l2.bias.detach().numpy(),
+                      "radius": np.int32(radius), "half_window": np.int32(half), "samples": np.int32(0)})
+
+
+def corner_report(model: EdgeModel, cards: list) -> dict:
+    """Mean-corner error (frame px) of held-out detector quads: as detected, classic snap, edge model."""
+    rows: dict[str, list] = {"detector": [], "classic_snap": [], "edge_model": []}
+    holder = []
+    for c in cards:
+        f, q, gq = c["frame"], c["quad"], c["gt"]
+        gray = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
+        rows["detector"].append(float(np.linalg.norm(q - gq, axis=1).mean()))
+        rows["classic_snap"].append(float(np.linalg.norm(refine_quad(gray, q) - gq, axis=1).mean()))
+        rows["edge_model"].append(float(np.linalg.norm(model.refine(f, q)[0] - gq, axis=1).mean()))
+        holder.append(str(c["holder"]))
+    h = np.array(holder)
+    out = {}
+    for k, v in rows.items():
+        v = np.array(v)
+        out[k] = {"median": round(float(np.median(v)), 2), "p90": round(float(np.percentile(v, 90)), 2),
+                  **{f"median_{x}": round(float(np.median(v[h == x])), 2) for x in sorted(set(holder))}}
+    out["cards"] = len(cards)
+    return out
+
+
+def build(detector_tflite: str | Path, catalog: str | Path, out: str | Path, frames: int = 2400,
+          held_out: int = 300, radius: int = 24, half_window: int = 5, samples: int = 16, hidden: int = 32,
+          steps: int = 3000, batch: int = 512, lr: float = 3e-3, seed: int = SEED, threads: int = 2) -> Path:
+    """Train on captures with ``detector_tflite``'s quads → ``out/detector_edges.npz`` (+ ``report.json``)."""
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    import torch
+
+    from device.vision.detector import TFLiteDetector
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    det = TFLiteDetector(str(detector_tflite), 1)
+    ids = [json.loads(line)["card_id"] for line in open(Path(catalog) / "index.jsonl")]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    vals, tgt, _ = collect(det, str(catalog), ids, frames, seed, radius, half_window, samples)
+    _, _, held = collect(det, str(catalog), ids, held_out, seed + 1_000_000, radius, half_window, samples)
+    print(f"{len(vals)} profiles from {frames} frames in {time.time() - t0:.0f} s", flush=True)
+    model = train(vals, tgt, radius, half_window, hidden, steps, batch, lr, seed)
+    model.samples = samples
+    path = out / "detector_edges.npz"
+    model.save(path)
+    rep = {"args": args, "profiles": int(len(vals)), "held_out": corner_report(model, held),
+           "seconds": round(time.time() - t0, 1)}
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    print(json.dumps(rep["held_out"], indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="models/bundles/demo", help="bundle whose detector.tflite makes the quads")
+    ap.add_argument("--catalog", default="var/catalog")
+    ap.add_argument("--frames", type=int, default=2400, help="training frames")
+    ap.add_argument("--held-out", type=int, default=300, help="frames for the report (other seeds)")
+    ap.add_argument("--radius", type=int, default=24, help="positions each side of the detector's line (1/400 diagonal)")
+    ap.add_argument("--half-window", type=int, default=5, help="colours each side of a position that score it")
+    ap.add_argument("--samples", type=int, default=16, help="profiles per side")
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="var/train/edges")
+    a = ap.parse_args(argv)
+    build(Path(a.bundle) / "detector.tflite", a.catalog, a.out, a.frames, a.held_out, a.radius, a.half_window,
+          a.samples, a.hidden, a.steps, a.batch, a.lr, a.seed, a.threads)
+
+
+if __name__ == "__main__":
+    main()
