@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from device.vision.edges import EdgeModel
+from device.vision.edges import EdgeModel, intersect
 from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrait_quad
 
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
@@ -146,16 +146,8 @@ def refine_quad(gray: np.ndarray, quad: np.ndarray, search: float = 0.02, sample
         lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
     out = q.copy()
     for i in range(4):
-        l1, l2 = lines[(i - 1) % 4], lines[i]  # corner i joins side i-1 and side i
-        if l1 is None or l2 is None:
-            continue
-        (p1, d1), (p2, d2) = l1, l2
-        den = d1[0] * d2[1] - d1[1] * d2[0]
-        if abs(den) < 1e-3:
-            continue
-        t = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
-        x = p1 + t * d1
-        if np.linalg.norm(x - q[i]) <= 2.5 * r:
+        x = intersect(lines[(i - 1) % 4], lines[i])  # corner i joins side i-1 and side i
+        if x is not None and np.linalg.norm(x - q[i]) <= 2.5 * r:
             out[i] = x
     if not cv2.isContourConvex(out.reshape(-1, 1, 2)) or abs(cv2.contourArea(out)) < 0.7 * abs(cv2.contourArea(q)):
         return q

@@ -121,7 +121,7 @@ class EdgeModel:
         out = q.copy()
         moved = 0
         for i in range(4):
-            x = _intersect(lines[(i - 1) % 4], lines[i])  # corner i joins side i-1 and side i
+            x = intersect(lines[(i - 1) % 4], lines[i])  # corner i joins side i-1 and side i
             if x is not None and np.linalg.norm(x - q[i]) <= 1.5 * self.radius * step:
                 out[i] = x
                 moved += 1
@@ -188,7 +188,8 @@ def features(vals: np.ndarray, half: int, radius: int) -> np.ndarray:
                            centre.reshape(lead + (P, 3)) - 0.5, prior], -1).astype(np.float32)
 
 
-def _intersect(l1, l2) -> np.ndarray | None:
+def intersect(l1, l2) -> np.ndarray | None:
+    """Where two (point, direction) lines meet; None for a missing or (nearly) parallel one."""
     if l1 is None or l2 is None:
         return None
     (p1, d1), (p2, d2) = l1, l2
