@@ -32,8 +32,10 @@ class Feedback:
         card = event.card.result if event.card is not None else None
         score = f"{card.score:.3f}" if card is not None else "-"
         flag = getattr(card, "quality_flag", None)
+        conf = getattr(card, "confidence", None)
         print(f"[{event.frame:6d}] {event.kind:11s} {event.card_id or '?':14s} {decision:9s} score {score}  "
-              f"total {total}" + (f"  ({flag})" if flag else ""), flush=True)
+              + (f"confidence {conf:.3f}  " if conf is not None else "")
+              + f"total {total}" + (f"  ({flag})" if flag else ""), flush=True)
 
     def rejected(self, reason: str) -> None:  # noqa: B027 - optional hook
         pass
@@ -79,6 +81,7 @@ def scan_fields(card, bundle_version: str) -> dict:
         crop=card.crop_jpeg() if card.decision == "ambiguous" else None,
         crop_margin=getattr(card, "crop_margin", 0.0) if card.decision == "ambiguous" else 0.0,
         quality_flag=getattr(card, "quality_flag", None),
+        device_confidence=None if getattr(card, "confidence", None) is None else round(float(card.confidence), 6),
         bundle_version=bundle_version, captured_at=datetime.now(timezone.utc))
 
 

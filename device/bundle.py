@@ -85,11 +85,26 @@ class Thresholds(BaseModel):
                                           "contest decided by difference patches (None: accept_margin).")
     reprint_min_height: float = Field(0.0, ge=0.0, le=10_000.0, description="Card height in the frame (px) below "
                                       "which a reprint contest's verdict is never accepted (its patches are too small).")
+    confidence: dict[str, Any] | None = Field(
+        None, description="Calibrated confidence model (device.vision.confidence: features, weights, bias, mean, "
+                          "scale); None: the device reports no confidence.")
+    accept_confidence: float | None = Field(
+        None, gt=0.0, le=1.0, description="Confidence at or above which a card is accepted (with confidence_min_score); "
+                                          "replaces the score/margin/height thresholds. None: those decide.")
+    confidence_min_score: float = Field(
+        0.0, ge=-1.0, le=1.0, description="Top-1 similarity a card needs besides accept_confidence: what keeps out "
+                                          "non-catalog objects that match one catalog card much better than any other.")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Thresholds":
         if self.no_card_score > self.accept_score:
             raise ValueError(f"no_card_score {self.no_card_score} is above accept_score {self.accept_score}")
+        if self.accept_confidence is not None and self.confidence is None:
+            raise ValueError("accept_confidence without a confidence model")
+        if self.confidence is not None:
+            from device.vision.confidence import ConfidenceModel
+
+            ConfidenceModel.from_manifest({"thresholds": {"confidence": self.confidence}})  # raises on a broken one
         return self
 
 

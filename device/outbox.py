@@ -195,12 +195,14 @@ class Outbox:
     def record(self, decision: Decision | str, *, card_id: str | None = None, score: float = 0.0,
                margin: float = 0.0, candidates: Sequence[Any] = (), quad=None, crop: bytes | None = None,
                bundle_version: str = "", captured_at: datetime | None = None,
-               quality_flag: str | None = None, crop_margin: float = 0.0) -> Scan:
+               quality_flag: str | None = None, crop_margin: float = 0.0,
+               device_confidence: float | None = None) -> Scan:
         """Commit one scan (new scan_id and next seq) and return it. Raises ``OutboxFull`` at the budget."""
         fields = dict(device_id=self.device_id, captured_at=captured_at or datetime.now(timezone.utc),
                       decision=decision, card_id=card_id, score=score, margin=margin,
                       candidates=list(candidates), quad=quad, crop=crop, crop_margin=crop_margin,
-                      bundle_version=bundle_version, quality_flag=quality_flag)
+                      bundle_version=bundle_version, quality_flag=quality_flag,
+                      device_confidence=device_confidence)
         return self.record_many([fields])[0]
 
     def record_many(self, scans: Iterable[dict[str, Any]]) -> list[Scan]:

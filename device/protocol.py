@@ -151,6 +151,10 @@ class Scan(BaseModel):
         "the frame was clean.",
         pattern=r"^[a-z][a-z_]{0,31}$")
     bundle_version: str = Field("", description="Model/catalog bundle that produced the decision.", max_length=64)
+    device_confidence: float | None = Field(
+        None, description="The device's calibrated probability that its top candidate is the card "
+        "(device.vision.confidence); None from a bundle without a confidence model. Servers before this field "
+        "refuse it (extra fields are forbidden): update the server before the devices.", ge=0.0, le=1.0)
 
     @field_validator("scan_id")
     @classmethod

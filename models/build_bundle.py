@@ -152,8 +152,11 @@ def embed_catalog(a, work: Path, embedder_tflite: Path, strip_weight: float) -> 
     return q, ids
 
 
-def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
-    """Run the device pipeline over held-out simulated captures; pick thresholds for the accept rule."""
+def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999, records_out: Path | None = None) -> dict:
+    """Run the device pipeline over held-out simulated captures; pick thresholds for the accept rule.
+    ``records_out``: also write every record the choice saw (JSON lines, ``kind`` card | hard | negative; and
+    flagged: the soft-flagged cards, never accepted, not part of the choice), so that a change of the rule can be
+    studied without running the captures again."""
     from device.vision.pipeline import VisionPipeline
     from models.embedder.data import CatalogIndex
     from models.vision_eval import run_captures
@@ -162,14 +165,19 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
     index = CatalogIndex.load(a.catalog)
     sv1 = [c for c, r in zip(index.ids, index.real_scan) if r]
     n = 60 if a.quick else 1500
-    recs = run_captures(pipe, a.catalog, index.ids, n, 700_000, "free")[0]
-    recs += run_captures(pipe, a.catalog, sv1, n // 4, 710_000, "free")[0]
-    recs += run_captures(pipe, a.catalog, index.ids, n // 10, 720_000, "grid")[0]
+
+    def captures(ids: list[str], count: int, seed: int, mode: str) -> list[dict]:
+        rows = run_captures(pipe, a.catalog, ids, count, seed, mode)[0]
+        return [r | {"set": f"{mode}/{seed}"} for r in rows]
+
+    recs = captures(index.ids, n, 700_000, "free")
+    recs += captures(sv1, n // 4, 710_000, "free")
+    recs += captures(index.ids, n // 10, 720_000, "grid")
     n_hard = len(recs)  # hand-held and grid captures: the hardest conditions
     # the scanner box is the appliance's own setting and where most accepts happen: its reprint contests
     # (same illustration, small margin) must weigh in the accept rule too (seeds far from the evaluation's 900000)
-    recs += run_captures(pipe, a.catalog, index.ids, n, 730_000, "scanner_box")[0]
-    recs += run_captures(pipe, a.catalog, sv1, n // 4, 740_000, "scanner_box")[0]
+    recs += captures(index.ids, n, 730_000, "scanner_box")
+    recs += captures(sv1, n // 4, 740_000, "scanner_box")
     # soft-flagged cards (glare, slight blur, a sliver out of view) are never accepted: not part of the accept rule
     ok = [r for r in recs if r.get("identified") and not r.get("quality_flag")]
     scores = np.array([r["score"] for r in ok])
@@ -182,13 +190,31 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999) -> dict:
     # bad corners or light into no_card answers, which the resolver never sees)
     hard = np.array([r["score"] for r in recs[:n_hard] if r.get("identified") and not r.get("quality_flag")
                      and r["top1"] == r["card_id"]])
-    neg = calibration_negatives(a, pipe, 40 if a.quick else 400)
-    return choose_thresholds(scores, margins, correct, target_precision, no_card_scores=hard, contest=contest,
-                             negatives=neg, heights=heights) | {"calibration_cards": len(ok), "calibration_negatives": len(neg[0])}
+    neg_rows = negative_records(a, pipe, 40 if a.quick else 400)
+    neg = tuple(np.array([r[k] for r in neg_rows], dtype=bool if k == "reprint_contest" else float)
+                for k in ("score", "margin", "reprint_contest", "height"))
+    if records_out is not None:
+        records_out.parent.mkdir(parents=True, exist_ok=True)
+        with open(records_out, "w") as f:
+            flagged = [r for r in recs if r.get("identified") and r.get("quality_flag")]  # not fitted on: studies
+            for kind, rows in (("card", ok), ("negative", neg_rows), ("flagged", flagged)):
+                for r in rows:
+                    f.write(json.dumps({"kind": kind} | r) + "\n")
+            for s_ in hard:
+                f.write(json.dumps({"kind": "hard", "score": float(s_)}) + "\n")
+    rule = choose_thresholds(scores, margins, correct, target_precision, no_card_scores=hard, contest=contest,
+                             negatives=neg, heights=heights)
+    # the confidence rule decides accepts (models.confidence); the threshold rule stays in the manifest for
+    # device software older than the confidence model, and its no_card_score serves both
+    from models.confidence import calibrate_rule
+
+    conf = calibrate_rule(ok, neg_rows, target_precision)
+    return rule | conf | {"threshold_rule_coverage": rule["calibrated_coverage"], "calibration_cards": len(ok),
+                          "calibration_negatives": len(neg[0])}
 
 
-def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndarray, ...]:
-    """(scores, margins, contest, heights) of the clean detections in scanner-box frames of things that are not catalog
+def negative_records(a, pipe, n: int, seed: int = 950_000) -> list[dict]:
+    """Records (score, margin, reprint_contest, height, sharpness, glare) of the clean detections in scanner-box frames of things that are not catalog
     cards (``models.eval.negatives``: playing cards, MTG photos, photo patches, plain cards; seeds far from
     its evaluation's 910000). Why: the accept rule must not take an MTG card for a Pokémon card, and catalog
     captures alone cannot say where that starts. Empty without the shared photos."""
@@ -199,16 +225,23 @@ def calibration_negatives(a, pipe, n: int, seed: int = 950_000) -> tuple[np.ndar
         objects = Objects(Path(a.pokemon_tcg_data).parent)
     except FileNotFoundError as exc:
         log(f"no calibration negatives: {exc}")
-        return np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0)
+        return []
     from device.vision.geometry import card_height
 
     rows = []
     for _, _, frame, _ in frames(objects, n, seed, CaptureConfig(size=(640, 480), mode="scanner_box")):
-        rows += [(c.score, c.margin, c.reprint_contest, card_height(c.quad)) for c in pipe.process(frame).cards
-                 if not c.quality_flag]
-    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows], bool),
-            np.array([r[3] for r in rows]))
+        rows += [{"score": c.score, "margin": c.margin, "reprint_contest": bool(c.reprint_contest),
+                  "height": round(card_height(c.quad), 1), "sharpness": c.quality.get("sharpness"),
+                  "glare": c.quality.get("glare")}
+                 for c in pipe.process(frame).cards if not c.quality_flag]
+    return rows
 
+
+# what calibrate() derives into the manifest's thresholds (models.detector.ship --recalibrate re-derives these)
+RULE = ("accept_score", "accept_margin", "accept_reprint_margin", "reprint_min_height", "no_card_score",
+        "confidence", "accept_confidence", "confidence_min_score")
+CALIBRATION_FACTS = ("calibrated_precision", "calibrated_coverage", "threshold_rule_coverage", "calibration_cards",
+                     "calibration_negatives")
 
 HEIGHT_GRID = (0.0, 120.0, 160.0, 200.0, 240.0, 280.0, 320.0)  # reprint_min_height candidates, frame px
 
@@ -453,10 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     assemble(a, prov, det_tfl, emb_tfl, emb, ids, provisional, gold, reprints, edges)
     th = calibrate(a, prov)
     log(f"thresholds {th}")
-    thresholds = {k: th[k] for k in ("accept_score", "accept_margin", "accept_reprint_margin", "reprint_min_height",
-                                     "no_card_score")}
-    thresholds["calibration"] = {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards",
-                                                    "calibration_negatives")}
+    thresholds = {k: th[k] for k in RULE}
+    thresholds["calibration"] = {k: th[k] for k in CALIBRATION_FACTS}
     thresholds["reprints"] = rerank
     gold = golden(a, Path(a.out), bundle_for_check=prov)
     assemble(a, Path(a.out), det_tfl, emb_tfl, emb, ids, thresholds, gold, reprints, edges)

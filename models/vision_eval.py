@@ -79,6 +79,7 @@ def card_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9
             r.update(top1=best.candidates[0][0], top5=[c for c, _ in best.candidates], score=best.score,
                      margin=best.margin, reprint_contest=best.reprint_contest, decision=best.decision,
                      height=round(card_height(best.quad), 1),
+                sharpness=best.quality.get("sharpness"), glare=best.quality.get("glare"), confidence=best.confidence,
                      quality_flag=best.quality_flag,
                      corner_err=float(np.abs(best.quad - gq).max()),
                      # the same up to the corner order: the quad's fit apart from its orientation (top side)

@@ -33,6 +33,11 @@ DEMO_SETS = ("sv1", "base1", "base4")
 # reprints whose artwork is identical to Base Set's (only set symbol and number differ: the server decides).
 DEMO_STACK = ("sv1-81", "sv1-11", "sv1-11", "base4-4", "sv1-198", "base1-2", "base4-2", "sv1-37", "base4-1",
               "sv1-136")
+# Placements lying under a lamp mirrored in the card (a glare spot over a third of the face): the device misreads
+# them at low confidence and sends them to the server, which resolves them. Since bundle demo-7 the device tells
+# the Base Set 2 reprints apart itself; without these the demo would not show the server's resolver and its
+# results coming back to the device.
+DEMO_LIT = (3, 8)  # base4-4, base4-1
 
 
 def _ensure_catalog(db, root: Path, images: Path | None) -> None:
@@ -90,17 +95,19 @@ def _render_catalog(catalog: Path, root: Path, images: Path | None) -> None:
 
 def _stack_frames(workdir: Path, cards: int, seed: int) -> Path:
     """A counter-scan sequence: the scripted demo stack (``cards`` = 0) or ``cards`` random placements."""
-    from models.synth.stack import write_stack
+    from models.synth.stack import StackConfig, write_stack
 
-    out = workdir / (f"stack-{cards}-{seed}" if cards else f"stack-demo-{seed}")
+    out = workdir / (f"stack-{cards}-{seed}" if cards else f"stack-demo-lit-{seed}")
     if (out / "counts.json").exists():
         return out
     if cards:
         log.info("simulating a counter stack of %d cards…", cards)
         write_stack(workdir / "catalog", out, cards, seed)
     else:
-        log.info("simulating the demo counter stack (%d cards: a duplicate copy, Base Set 2 reprints)…", len(DEMO_STACK))
-        write_stack(workdir / "catalog", out, len(DEMO_STACK), seed, order=list(DEMO_STACK))
+        log.info("simulating the demo counter stack (%d cards: a duplicate copy, Base Set 2 reprints, two under "
+                 "glare)…", len(DEMO_STACK))
+        write_stack(workdir / "catalog", out, len(DEMO_STACK), seed, order=list(DEMO_STACK),
+                    config=StackConfig(lit_placements=DEMO_LIT))
     return out
 
 

@@ -159,3 +159,4 @@ def test_run_counts_a_glared_card_once_and_records_it_ambiguous_with_its_crop(tm
     assert scan.decision.value == "ambiguous" and scan.card_id is None and scan.quality_flag == "glare"
     assert scan.crop and scan.crop[:3] == b"\xff\xd8\xff" and scan.candidates[0].card_id == card_id
     assert scan.crop_margin == EVIDENCE_MARGIN  # the outbox keeps the frame border the crop was cut with
+    assert scan.device_confidence is not None and 0.0 <= scan.device_confidence <= 1.0  # demo bundle has a model

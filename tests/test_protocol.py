@@ -25,11 +25,12 @@ def make_scan(**kw) -> Scan:
 
 def test_scan_batch_round_trip_keeps_every_field():
     s = make_scan(decision="ambiguous", card_id=None, crop=JPEG, quad=[(0, 0), (10, 0), (10, 14), (0, 14)],
-                  quality_flag="glare")
+                  quality_flag="glare", device_confidence=0.42)
     data = encode(ScanBatch(scans=[s]))
     back = decode("scans", data)
     assert back.scans[0] == s
     assert back.scans[0].crop == JPEG and back.scans[0].quality_flag == "glare"
+    assert back.scans[0].device_confidence == 0.42
 
 
 def test_clean_scan_does_not_send_quality_flag():

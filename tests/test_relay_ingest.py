@@ -136,7 +136,7 @@ def test_scan_round_trip_empties_outbox(db, worker, device):
     coll = seed(db)
     relay, ob = device()
     assert relay.wait_connected(10)
-    a = ob.record("accept", card_id="sv1-1", score=0.95)
+    a = ob.record("accept", card_id="sv1-1", score=0.95, device_confidence=0.9991)
     b = ob.record("accept", card_id="sv1-1", score=0.95)
     amb = ob.record("ambiguous", score=0.7, crop=b"\xff\xd8\xff\xe0jpeg", quality_flag="glare")
     nc = ob.record("no_card")
@@ -146,6 +146,7 @@ def test_scan_round_trip_empties_outbox(db, worker, device):
         assert set(rows) == {a.scan_id, b.scan_id, amb.scan_id, nc.scan_id}
         # why the device did not accept it (a soft quality-gate failure) is kept with the scan
         assert rows[amb.scan_id].quality_flag == "glare" and rows[a.scan_id].quality_flag is None
+        assert rows[a.scan_id].device_confidence == 0.9991 and rows[amb.scan_id].device_confidence is None
         assert rows[a.scan_id].status == "accepted" and rows[a.scan_id].applied
         assert rows[a.scan_id].collection_id == coll
         assert rows[amb.scan_id].status == "pending" and not rows[amb.scan_id].applied

@@ -219,3 +219,19 @@ def test_cli_catalog_and_captures(tmp_path, shared_data):
     st = tmp_path / "stack"
     assert main(["stack", "--catalog", str(cat), "--cards", "3", "--seed", "1", "--out", str(st)]) == 0
     assert sum(json.loads((st / "counts.json").read_text()).values()) == 3
+
+
+def test_lit_placements_get_a_lamp_spot_and_nothing_else_changes():
+    imgs = {f"c{i}": _synthetic_card(i) for i in range(3)}
+    plain = list(simulate_stack(imgs, 4, np.random.default_rng(7), StackConfig()).frames())
+    lit = list(simulate_stack(imgs, 4, np.random.default_rng(7), StackConfig(lit_placements=(1,))).frames())
+    assert len(plain) == len(lit)
+    brighter = 0
+    for (a, la), (b, lb) in zip(plain, lit):
+        assert [c["card_id"] for c in la["cards"]] == [c["card_id"] for c in lb["cards"]]
+        if np.array_equal(a, b):
+            continue
+        brighter += 1
+        assert b.astype(int).sum() > a.astype(int).sum()  # a white spot added, nothing else moved
+    assert brighter >= 4  # the second placement's frames (slide in, hold, slide out)
+    assert brighter < len(plain) - 4  # and only those

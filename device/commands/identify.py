@@ -112,7 +112,9 @@ def _emit(obj: dict, as_json: bool) -> None:
     for c in obj["cards"]:
         cands = ", ".join(f"{x['card_id']} {x['score']:.3f}" for x in c["candidates"][:3])
         flag = f"  ({c['quality_flag']})" if c.get("quality_flag") else ""
-        print(f"  {c['decision']:9s} {c['card_id'] or '-':14s} score {c['score']:.3f} margin {c['margin']:.3f}  [{cands}]{flag}")
+        conf = f" confidence {c['confidence']:.3f}" if c.get("confidence") is not None else ""
+        print(f"  {c['decision']:9s} {c['card_id'] or '-':14s} score {c['score']:.3f} margin {c['margin']:.3f}{conf}  "
+              f"[{cands}]{flag}")
     sys.stdout.flush()
 
 

@@ -9,6 +9,11 @@
   collector number and a set symbol, 5 px tall on a card 375 px tall; on a card half that size (a binder page of
   nine) they are a blur whose verdict is noise however large its margin, and such cards set the reprint margin
   for everyone when they may be accepted (bundle demo-6 calibration: a 0.036 margin on a grid card, wrong).
+  A bundle with a calibrated confidence model and ``accept_confidence`` (``device.vision.confidence``) accepts
+  on that instead: ``confidence ≥ accept_confidence`` and ``score ≥ confidence_min_score`` replace the score,
+  margin and height thresholds, which the confidence weighs together (``models.confidence`` says why the score
+  floor stays; a bundle with the model but no ``accept_confidence`` reports the confidence and keeps the
+  thresholds, and software older than the model ignores both and keeps them too).
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the
@@ -32,19 +37,28 @@ class Thresholds:
     no_card_score: float
     accept_reprint_margin: float | None = None  # None (an older bundle): accept_margin for every match
     reprint_min_height: float = 0.0  # frame px; 0 (an older bundle): any size
+    accept_confidence: float | None = None  # None: the score / margin thresholds decide accepts
+    confidence_min_score: float = 0.0  # with accept_confidence: the top-1 score an accept needs besides
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Thresholds":
         t = manifest["thresholds"]
         rm = t.get("accept_reprint_margin")
+        ac = t.get("accept_confidence")
         return cls(float(t["accept_score"]), float(t["accept_margin"]), float(t["no_card_score"]),
-                   None if rm is None else float(rm), float(t.get("reprint_min_height", 0.0)))
+                   None if rm is None else float(rm), float(t.get("reprint_min_height", 0.0)),
+                   None if ac is None else float(ac), float(t.get("confidence_min_score", 0.0)))
 
 
-def decide(match: Match, th: Thresholds, soft: bool = False, height: float | None = None) -> str:
-    """``height``: the card's height in the frame (px, ``geometry.card_height``); None = large enough."""
+def decide(match: Match, th: Thresholds, soft: bool = False, height: float | None = None,
+           confidence: float | None = None) -> str:
+    """``height``: the card's height in the frame (px, ``geometry.card_height``); None = large enough.
+    ``confidence``: the match's calibrated confidence (None: the bundle has no model)."""
     if match.score < th.no_card_score:
         return "no_card"
+    if th.accept_confidence is not None and confidence is not None:
+        ok = confidence >= th.accept_confidence and match.score >= th.confidence_min_score
+        return "accept" if ok and not soft else "ambiguous"
     contest = match.contest and th.accept_reprint_margin is not None
     if contest and height is not None and height < th.reprint_min_height:
         return "ambiguous"

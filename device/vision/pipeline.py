@@ -25,6 +25,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from device.vision.confidence import ConfidenceModel, features as confidence_features
 from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
                                     crop_reject, geometry_reject, inside_fraction, soft_failure)
@@ -69,6 +70,8 @@ class CardResult:
     evidence: np.ndarray | None = None
     # the margin is a reprint contest's patch verdict (Match.contest), not an embedding gap
     reprint_contest: bool = False
+    # calibrated probability that card_id is right (device.vision.confidence); None: the bundle has no model
+    confidence: float | None = None
 
     def to_json(self) -> dict:
         d = {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
@@ -79,6 +82,8 @@ class CardResult:
             d["quality_flag"] = self.quality_flag
         if self.reprint_contest:
             d["reprint_contest"] = True
+        if self.confidence is not None:
+            d["confidence"] = round(self.confidence, 4)
         return d
 
     @property
@@ -127,8 +132,10 @@ def load_manifest(bundle_dir: str | Path, public_key: str | None = None) -> dict
 class VisionPipeline:
     def __init__(self, detector, embedder: Embedder, matcher: CatalogMatcher, thresholds: Thresholds,
                  gate: GateConfig | None = None, max_cards: int = 9, bundle_version: str = "",
-                 reprints: Reprints | None = None, rerank: RerankConfig | None = None):
+                 reprints: Reprints | None = None, rerank: RerankConfig | None = None,
+                 confidence: ConfidenceModel | None = None):
         self.detector = detector
+        self.confidence = confidence
         self.reprints = reprints
         self.rerank = rerank or RerankConfig()
         self.embedder = embedder
@@ -163,7 +170,7 @@ class VisionPipeline:
         rr = man.get("thresholds", {}).get("reprints") or {}
         return cls(det, emb, matcher, th, g, bundle_version=str(man.get("version", "")),
                    reprints=Reprints.load(d, matcher.ids),
-                   rerank=RerankConfig(**rr))
+                   rerank=RerankConfig(**rr), confidence=ConfidenceModel.from_manifest(man))
 
     # ------------------------------------------------------------------------------------------------
 
@@ -247,7 +254,11 @@ class VisionPipeline:
             for i in sorted(best):
                 m, quad, crop, _ = best[i]
                 flag = todo[i].flag
-                dec = decide(m, self.thresholds, soft=flag is not None, height=card_height(quad))
+                height = card_height(quad)
+                q = todo[i].quality
+                conf = None if self.confidence is None else self.confidence(confidence_features(
+                    m.score, m.margin, m.contest, height, q.get("sharpness"), q.get("glare")))
+                dec = decide(m, self.thresholds, soft=flag is not None, height=height, confidence=conf)
                 if todo[i].source == "contour" and self._cnn and m.score < self.thresholds.accept_score:
                     # the classical fallback where the CNN saw no card: on simulated captures it never once
                     # found a true card (≈ 5,500 cards, seed 900000) but fires on playmat prints and photo
@@ -268,7 +279,7 @@ class VisionPipeline:
                             else None)
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
                                         list(zip(m.card_ids, m.scores)), crop, todo[i].quality, flag, evidence,
-                                        m.contest))
+                                        m.contest, None if dec == "no_card" else conf))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

@@ -3,8 +3,10 @@
 Rules (the scan counter, not the identifier, decides what a placement is):
 
 * a card must be seen **stable** — the same place (quad IoU ≥ ``stable_iou``) — for ``stable_frames``
-  consecutive frames before it counts; its identity is the one with the most votes (summed scores) over
-  those frames, so a frame misread as a look-alike reprint does not matter; frames the quality gate rejects
+  consecutive frames before it counts; its identity is the one with the most votes (summed calibrated
+  confidences, or scores from a bundle without a confidence model) over those frames, so a frame misread as a
+  look-alike reprint does not matter, and the frame recorded is that identity's most confident one (a frame
+  the device accepts outweighs a blurred one it would send to the server); frames the quality gate rejects
   (moving, heavily blurred, half out of view) never count;
 * a card identified despite a **soft** gate failure (glare, slight blur, a sliver out of view:
   ``SeenCard.flag``) counts like any other, but a clean frame is preferred: while a still window holds only
@@ -157,7 +159,8 @@ class StackTracker:
         # so one frame read as a look-alike reprint does not reset the count. A card slid on top at the very
         # same place keeps the geometry: a *sustained* change of identity (``switch_frames`` frames in a row
         # disagreeing with the window's leader) starts a new window instead.
-        score = max(float(getattr(top.result, "score", 1.0) or 1.0), 0.0)
+        conf = getattr(top.result, "confidence", None)
+        score = max(float(conf if conf is not None else (getattr(top.result, "score", 1.0) or 1.0)), 0.0)
         if self._cand is None or quad_iou(top.quad, self._cand.quad) < self.cfg.stable_iou:
             self._new_window()
         elif self._votes and top.card_id != max(self._votes, key=self._votes.get):

@@ -27,7 +27,6 @@ import cv2
 import numpy as np
 
 
-RULE = ("accept_score", "accept_margin", "accept_reprint_margin", "reprint_min_height", "no_card_score")  # what --recalibrate re-derives
 
 
 def _stage(out: Path, files: dict, fields: dict) -> None:
@@ -65,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default="models/bundles/demo")
     ap.add_argument("--catalog", default="var/catalog", help="for regenerated goldens / recalibration")
     ap.add_argument("--recalibrate", action="store_true")
+    ap.add_argument("--records-out", default=None, help="with --recalibrate: also write the calibration records "
+                    "(JSON lines) for python -m models.confidence --records")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--version", default=None, help="new bundle version (devices update only to a version they do "
                     "not have: give one whenever the detector or the thresholds change); default: keep it")
@@ -92,17 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     _stage(staged, files, fields)
     report: dict = {}
     if a.recalibrate:
-        from models.build_bundle import calibrate
+        from models.build_bundle import CALIBRATION_FACTS, RULE, calibrate
 
         from models.eval import shared_data
 
         th = calibrate(argparse.Namespace(threads=a.threads, catalog=a.catalog, quick=False,
-                                          pokemon_tcg_data=str(shared_data() / "pokemon-tcg-data")), staged)
+                                          pokemon_tcg_data=str(shared_data() / "pokemon-tcg-data")), staged,
+                       records_out=Path(a.records_out) if a.records_out else None)
         kept = {k: v for k, v in fields["thresholds"].items()
                 if k not in RULE + ("calibration",)}
         fields["thresholds"] = kept | {k: th[k] for k in RULE if k in th} | {
-            "calibration": {k: th[k] for k in ("calibrated_precision", "calibrated_coverage", "calibration_cards",
-                                               "calibration_negatives") if k in th}}
+            "calibration": {k: th[k] for k in CALIBRATION_FACTS if k in th}}
         report["thresholds"] = fields["thresholds"]
         shutil.rmtree(staged)
         _stage(staged, files, fields)

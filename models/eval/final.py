@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.vision.geometry import quad_iou
+from device.vision.geometry import card_height, quad_iou
 from models.eval import frame_size
 from models.synth.capture import CaptureConfig
 from models.synth.dataset import make_frame
@@ -79,6 +79,7 @@ class FinalCard:
     device_reprint_contest: bool = False  # the margin is a reprint contest's patch verdict (Match.contest)
     device_quality: dict = field(default_factory=dict)
     device_quality_flag: str | None = None  # the soft gate failure the device identified the card despite
+    device_confidence: float | None = None  # the device's calibrated confidence (device.vision.confidence)
 
 
 class FinalAnswerSystem:
@@ -147,6 +148,7 @@ class FinalAnswerSystem:
         fc.device_reprint_contest = bool(getattr(card, "reprint_contest", False))
         fc.device_quality = dict(card.quality or {})
         fc.device_quality_flag = getattr(card, "quality_flag", None)
+        fc.device_confidence = getattr(card, "confidence", None)
         return fc
 
     def _decide(self, card) -> FinalCard:
@@ -224,6 +226,7 @@ def frame_records(system: FinalAnswerSystem, frame: np.ndarray, labels: dict, re
                      device_score=None if best.device_score is None else round(best.device_score, 4),
                      device_margin=None if best.device_margin is None else round(best.device_margin, 4),
                      device_reprint_contest=best.device_reprint_contest,
+                     device_height=round(card_height(best.quad), 1), device_confidence=best.device_confidence,
                      device_quality=best.device_quality, device_quality_flag=best.device_quality_flag)
             if best.error:
                 r["error"] = best.error
@@ -301,6 +304,20 @@ def best_threshold_accept_rate(recs: list[dict], precision: float = 0.999) -> fl
     return _frac(best, len(recs))
 
 
+def confidence_ece(recs: list[dict], bins: tuple[float, ...] = (0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+                   ) -> float | None:
+    """Expected calibration error of the device's confidence on its top-1 (clean cards; soft-flagged ones are
+    never accepted and the model is not fitted on them): Σ_bins n_b/n · |mean confidence − share right|."""
+    rows = [r for r in recs if r.get("device_confidence") is not None and not r.get("device_quality_flag")]
+    if not rows:
+        return None
+    p = np.array([r["device_confidence"] for r in rows])
+    y = np.array([r["device_top1"] == r["card_id"] for r in rows])
+    b = np.clip(np.digitize(p, bins[1:-1]), 0, len(bins) - 2)
+    return round(float(sum((b == i).sum() * abs(p[b == i].mean() - y[b == i].mean())
+                           for i in range(len(bins) - 1) if (b == i).any()) / len(rows)), 4)
+
+
 def summarize(recs: list[dict]) -> dict:
     n = len(recs)
     ok = [r["final"] == r["card_id"] for r in recs]
@@ -332,6 +349,7 @@ def summarize(recs: list[dict]) -> dict:
         "device_accept_precision": _frac(sum(r["device_top1"] == r["card_id"] for r in acc), len(acc)),
         "device_accept_rate_best_thresholds": best_threshold_accept_rate(recs),
         "device_ambiguous_rate": _frac(len(amb), n),
+        "device_confidence_ece": confidence_ece(recs),
         "final_top1": _frac(k, n), "final_top1_ci95": wilson(k, n), "final_correct": k,
         "final_top1_scanned": _frac(k_scan, len(scanned)), "final_top1_scanned_ci95": wilson(k_scan, len(scanned)),
         "reprint_cards": len(rp), "final_top1_reprints": _frac(k_rp, len(rp)),
@@ -496,6 +514,8 @@ def markdown(report: dict, small: bool = False) -> str:
             ("device-only top-1", lambda s: _pct(s["device_top1"])),
             ("device accept rate", lambda s: _pct(s["device_accept_rate"])),
             ("device accept precision", lambda s: _pct(s["device_accept_precision"])),
+            ("device confidence: expected calibration error (clean cards)",
+             lambda s: "—" if s.get("device_confidence_ece") is None else f"{s['device_confidence_ece']:.4f}"),
             ("… with (score, margin) thresholds chosen on these rows for ≥ 99.9 % precision (bound of retuning)",
              lambda s: _pct(s.get("device_accept_rate_best_thresholds"))),
             ("device ambiguous → resolver", lambda s: _pct(s["device_ambiguous_rate"])),

@@ -40,6 +40,9 @@ class StackConfig(BaseModel):
                                               brightness=(0.9, 1.1), colour_temperature=(-0.05, 0.05),
                                               noise_sigma=(1.0, 3.0), jpeg_quality=(80, 95)),
         description="Per-frame camera effects (mode/size are taken from this config).")
+    lit_placements: tuple[int, ...] = Field(
+        (), description="Placements (0-based, in order) under a lamp mirrored in the card: every frame in which "
+                        "such a card lies on top gets a glare spot on it (a holo card under a badly placed light).")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class _Placed:
     holder: str
     offset: tuple[float, float]
     rot: float
+    lit: bool = False  # StackConfig.lit_placements
 
 
 @dataclass
@@ -90,6 +94,8 @@ class StackSequence:
             cam = self.config.camera.model_copy(update={"size": (w, h)})
             glare_at = quads[-1] if quads else np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
             frame = _camera_effects(frame, rng, cam, glare_at, p, [], scale=w / 640)
+            if spec["cards"] and spec["cards"][-1].get("lit"):
+                frame = _lamp(frame, quads[-1])
             if spec["phase"] in ("entering", "leaving"):
                 ang = 0.0 if abs(spec["direction"][0]) > abs(spec["direction"][1]) else 90.0
                 frame = _motion_blur(frame, 9, ang)
@@ -99,6 +105,19 @@ class StackSequence:
                 vis = float(np.count_nonzero(lab == k + 1)) / area if area else 0.0
                 cards.append({"card_id": c["card_id"], "quad": np.round(q, 2).tolist(), "visible": round(min(1.0, vis), 4)})
             yield frame, {"frame": i, "phase": spec["phase"], "cards": cards}
+
+
+def _lamp(frame: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """A lamp mirrored in the card: a soft white spot over about a third of its face (≈ 0.26 of the crop
+    blown out: below the gate's glare flag, enough to spoil the match). No random draws, so the sequence's other
+    frames stay as they were."""
+    h, w = frame.shape[:2]
+    spot = np.zeros((h, w), np.uint8)
+    c = quad.mean(0)
+    side = float(np.linalg.norm(quad[1] - quad[0]))
+    cv2.ellipse(spot, (int(c[0]), int(c[1] - 0.1 * side)), (int(0.3 * side), int(0.36 * side)), 0.0, 0, 360, 255, -1)
+    spot = cv2.GaussianBlur(spot, (0, 0), max(1.0, 0.06 * side))
+    return cv2.add(frame, cv2.merge([spot, spot, spot]))
 
 
 def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: np.random.Generator,
@@ -123,7 +142,8 @@ def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: n
 
     def snap(phase: str, cards: list[_Placed], direction=(0, 0)) -> None:
         plan.append({"phase": phase, "direction": list(direction),
-                     "cards": [{"card_id": c.card_id, "holder": c.holder, "offset": list(c.offset), "rot": c.rot} for c in cards]})
+                     "cards": [{"card_id": c.card_id, "holder": c.holder, "offset": list(c.offset), "rot": c.rot}
+                               | ({"lit": True} if c.lit else {}) for c in cards]})
 
     def empty() -> None:
         for _ in range(int(rng.integers(cfg.empty_frames[0], cfg.empty_frames[1] + 1))):
@@ -133,7 +153,8 @@ def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: n
         d = [(1, 0), (-1, 0), (0, 1), (0, -1)][int(rng.integers(4))]
         for m in range(cfg.move_frames):
             f = (cfg.move_frames - m) / (cfg.move_frames + 1) if phase == "entering" else (m + 1) / (cfg.move_frames + 1)
-            moving = _Placed(card.card_id, card.holder, (card.offset[0] + d[0] * f * w * 0.6, card.offset[1] + d[1] * f * h * 0.6), card.rot)
+            moving = _Placed(card.card_id, card.holder, (card.offset[0] + d[0] * f * w * 0.6, card.offset[1] + d[1] * f * h * 0.6), card.rot,
+                             card.lit)
             snap(phase, under + [moving], d)
         return d
 
@@ -150,7 +171,8 @@ def simulate_stack(card_images: dict[str, np.ndarray], n_placements: int, rng: n
             same = prev is not None and rng.random() < cfg.p_same_again
             cid = prev if same else ids[int(rng.integers(len(ids)))]
         holder = ["none", "sleeve", "toploader"][int(rng.choice(3, p=[0.75, 0.2, 0.05]))]
-        card = _Placed(cid, holder, (float(rng.normal(0, w * 0.01)), float(rng.normal(0, h * 0.01))), float(rng.uniform(-6, 6)))
+        card = _Placed(cid, holder, (float(rng.normal(0, w * 0.01)), float(rng.normal(0, h * 0.01))), float(rng.uniform(-6, 6)),
+                       lit=i in cfg.lit_placements)
         on_top = bool(on_mat) and rng.random() < cfg.p_slide_on_top
         if on_mat and not on_top:
             # Take the whole stack away before the next card.

@@ -55,6 +55,8 @@ class ReviewItem(BaseModel):
                                      "failure (glare, too_blurry, partially_out_of_view: the crop may be poor) or "
                                      "low_score (nothing in the catalog matched on the device: maybe not a catalog "
                                      "card at all).")
+    device_confidence: float | None = Field(None, description="The device's calibrated confidence in its top "
+                                            "candidate (None: an older device or bundle).")
 
 
 class ReviewPage(BaseModel):
@@ -116,7 +118,7 @@ def review_item(session: Session, scan: Scan) -> ReviewItem:
         candidates=[Candidate(card_id=cid, score=float(s) if isinstance(s, (int, float)) else None,
                               card=card_out(cards[cid]) if cid in cards else None) for cid, s in cands],
         has_crop=bool(scan.crop), crop_url=f"/api/v1/review/{scan.scan_id}/crop" if scan.crop else None,
-        quality_flag=scan.quality_flag)
+        quality_flag=scan.quality_flag, device_confidence=scan.device_confidence)
 
 
 def review_queue(session: Session, principal: Principal, *, status: str = "needs_review", after: int | None = None,

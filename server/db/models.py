@@ -246,6 +246,9 @@ class Scan(Base):
     # why the device did not trust the card (protocol Scan.quality_flag): a soft quality-gate failure (glare,
     # too_blurry, partially_out_of_view) or low_score (nothing matched on the device); always ambiguous
     quality_flag: Mapped[str | None] = mapped_column(String(32))
+    # the device's calibrated confidence in its top candidate (protocol Scan.device_confidence); None from older
+    # devices and bundles. Not ``confidence``, which is the final answer's (resolver or person)
+    device_confidence: Mapped[float | None] = mapped_column(Float)
     bundle_version: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(16), index=True)
     resolved_card_id: Mapped[str | None] = mapped_column(String(64))  # the final answer (resolver or person)

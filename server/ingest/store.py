@@ -137,7 +137,8 @@ def scan_columns(s: ScanPayload) -> dict:
     return dict(scan_id=s.scan_id, device_id=s.device_id, seq=s.seq, captured_at=s.captured_at,
                 decision=s.decision.value, card_id=s.card_id, score=s.score, margin=s.margin,
                 candidates=[c.model_dump() for c in s.candidates], quad=[list(p) for p in s.quad] if s.quad else None,
-                crop=s.crop, crop_margin=s.crop_margin, quality_flag=s.quality_flag, bundle_version=s.bundle_version)
+                crop=s.crop, crop_margin=s.crop_margin, quality_flag=s.quality_flag, bundle_version=s.bundle_version,
+                device_confidence=s.device_confidence)
 
 
 def store_batch(session: Session, items: list[Classified], now: datetime | None = None) -> StoreOutcome:

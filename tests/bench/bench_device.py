@@ -117,6 +117,7 @@ def stack(args) -> dict:
     ids = catalog_ids(args.catalog)
     results = []
     busy_s, frames_n = 0.0, 0
+    decisions: dict[str, int] = {}  # the decision recorded for each counted card (what the outbox gets)
     for s in range(args.stacks):
         rng = np.random.default_rng(5000 + s)
         chosen = [ids[int(j)] for j in rng.choice(len(ids), 8, replace=False)]
@@ -125,8 +126,12 @@ def stack(args) -> dict:
         tr = StackTracker()
         for frame, _ in seq.frames():
             t0 = time.perf_counter()
-            tr.update(Observation.from_frame_result(pipe.process(frame)))
+            events = tr.update(Observation.from_frame_result(pipe.process(frame)))
             busy_s += time.perf_counter() - t0  # device work only, not the simulator's rendering
+            for e in events:
+                if e.kind != "removed" and e.card is not None and e.card.result is not None:
+                    d = e.card.result.decision
+                    decisions[d] = decisions.get(d, 0) + 1
             frames_n += 1
         results.append({"seed": 5000 + s, "placements": sum(seq.counts.values()), "exact": tr.counts == seq.counts,
                         "placements_counted": sum(tr.counts.values()),
@@ -137,7 +142,8 @@ def stack(args) -> dict:
     return {"sequences": len(results), "exact": sum(r["exact"] for r in results),
             "placement_count_exact": sum(r["placements"] == r["placements_counted"] for r in results),
             "frames": frames_n, "frames_per_card": round(frames_n / max(1, placements), 1),
-            "cards_per_s": round(placements / busy_s, 2) if busy_s else None, "details": results}
+            "cards_per_s": round(placements / busy_s, 2) if busy_s else None, "recorded_decisions": decisions,
+            "details": results}
 
 
 def main() -> int:
