@@ -91,6 +91,10 @@ class Thresholds(BaseModel):
     accept_confidence: float | None = Field(
         None, gt=0.0, le=1.0, description="Confidence at or above which a card is accepted (with confidence_min_score); "
                                           "replaces the score/margin/height thresholds. None: those decide.")
+    accept_flags: list[str] = Field(
+        default_factory=list, description="Soft quality-gate failures (glare, too_blurry, partially_out_of_view) "
+                                          "that the confidence rule may still accept: its calibration held such cards. "
+                                          "Others are never accepted.")
     confidence_min_score: float = Field(
         0.0, ge=-1.0, le=1.0, description="Top-1 similarity a card needs besides accept_confidence: what keeps out "
                                           "non-catalog objects that match one catalog card much better than any other.")

@@ -191,7 +191,8 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999, records_out:
     hard = np.array([r["score"] for r in recs[:n_hard] if r.get("identified") and not r.get("quality_flag")
                      and r["top1"] == r["card_id"]])
     neg_rows = negative_records(a, pipe, 40 if a.quick else 400)
-    neg = tuple(np.array([r[k] for r in neg_rows], dtype=bool if k == "reprint_contest" else float)
+    clean_neg = [r for r in neg_rows if not r.get("quality_flag")]
+    neg = tuple(np.array([r[k] for r in clean_neg], dtype=bool if k == "reprint_contest" else float)
                 for k in ("score", "margin", "reprint_contest", "height"))
     if records_out is not None:
         records_out.parent.mkdir(parents=True, exist_ok=True)
@@ -206,10 +207,12 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999, records_out:
                              negatives=neg, heights=heights)
     # the confidence rule decides accepts (models.confidence); the threshold rule stays in the manifest for
     # device software older than the confidence model, and its no_card_score serves both
-    from models.confidence import calibrate_rule
+    from models.confidence import ACCEPT_FLAGS, calibrate_rule
 
-    conf = calibrate_rule(ok, neg_rows, target_precision)
-    return rule | conf | {"threshold_rule_coverage": rule["calibrated_coverage"], "calibration_cards": len(ok),
+    # ... which also judges glare-flagged cards (ACCEPT_FLAGS): they join its calibration, cards and negatives
+    judged = ok + [r for r in recs if r.get("identified") and r.get("quality_flag") in ACCEPT_FLAGS]
+    conf = calibrate_rule(judged, neg_rows, target_precision) | {"accept_flags": list(ACCEPT_FLAGS)}
+    return rule | conf | {"threshold_rule_coverage": rule["calibrated_coverage"], "calibration_cards": len(judged),
                           "calibration_negatives": len(neg[0])}
 
 
@@ -227,19 +230,20 @@ def negative_records(a, pipe, n: int, seed: int = 950_000) -> list[dict]:
         log(f"no calibration negatives: {exc}")
         return []
     from device.vision.geometry import card_height
+    from models.confidence import ACCEPT_FLAGS
 
     rows = []
     for _, _, frame, _ in frames(objects, n, seed, CaptureConfig(size=(640, 480), mode="scanner_box")):
         rows += [{"score": c.score, "margin": c.margin, "reprint_contest": bool(c.reprint_contest),
                   "height": round(card_height(c.quad), 1), "sharpness": c.quality.get("sharpness"),
-                  "glare": c.quality.get("glare")}
-                 for c in pipe.process(frame).cards if not c.quality_flag]
+                  "glare": c.quality.get("glare"), "quality_flag": c.quality_flag}
+                 for c in pipe.process(frame).cards if not c.quality_flag or c.quality_flag in ACCEPT_FLAGS]
     return rows
 
 
 # what calibrate() derives into the manifest's thresholds (models.detector.ship --recalibrate re-derives these)
 RULE = ("accept_score", "accept_margin", "accept_reprint_margin", "reprint_min_height", "no_card_score",
-        "confidence", "accept_confidence", "confidence_min_score")
+        "confidence", "accept_confidence", "confidence_min_score", "accept_flags")
 CALIBRATION_FACTS = ("calibrated_precision", "calibrated_coverage", "threshold_rule_coverage", "calibration_cards",
                      "calibration_negatives")
 

@@ -103,6 +103,13 @@ def test_decide_on_confidence():
     assert decide(low_margin, th, confidence=0.99, soft=True) == "ambiguous"
     assert decide(Match(["a", "b"], [0.3, 0.2]), th, confidence=0.99) == "no_card"
     assert decide(low_margin, th) == "ambiguous"  # no confidence given: the thresholds decide
+    # a soft gate failure is never accepted, unless the bundle's confidence rule was calibrated with such cards
+    assert decide(low_margin, th, confidence=0.99, flag="glare") == "ambiguous"
+    glare_ok = Thresholds(0.8, 0.05, 0.4, accept_confidence=0.95, confidence_min_score=0.6, accept_flags=("glare",))
+    assert decide(low_margin, glare_ok, confidence=0.99, flag="glare") == "accept"
+    assert decide(low_margin, glare_ok, confidence=0.9, flag="glare") == "ambiguous"
+    assert decide(low_margin, glare_ok, confidence=0.99, flag="too_blurry") == "ambiguous"
+    assert decide(low_margin, glare_ok, confidence=0.99, soft=True) == "ambiguous"  # a flag not named: never
 
 
 def test_demo_bundle_reports_a_confidence_that_agrees_with_its_decision():
@@ -127,3 +134,21 @@ def test_demo_bundle_reports_a_confidence_that_agrees_with_its_decision():
                 assert c.confidence >= th["accept_confidence"] and c.score >= th["confidence_min_score"]
             seen += 1
     assert seen >= 4
+
+
+def test_glare_never_raises_the_confidence():
+    """Where glared captures happen to be easy ones, an unconstrained fit learns that glare helps; the fit holds
+    such a weight at 0 (models.confidence.SIGNS)."""
+    from models.confidence import feature_rows, fit
+
+    recs = synthetic_records(4000, 3)
+    rng = np.random.default_rng(4)
+    for r in recs:  # glare on right cards only: a spurious cue
+        r["glare"] = float(rng.uniform(0.2, 0.6)) if r["top1"] == r["card_id"] and rng.random() < 0.3 else 0.0
+    x = feature_rows(recs)
+    y = np.array([r["top1"] == r["card_id"] for r in recs], float)
+    model = fit(x, y)
+    assert model.weights[FEATURES.index("glare")] == 0.0
+    base = features(0.8, 0.02, False, 300, 400, 0.0)
+    glared = features(0.8, 0.02, False, 300, 400, 0.6)
+    assert model(glared) <= model(base) + 1e-12

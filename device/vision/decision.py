@@ -17,7 +17,9 @@
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the
-  server can look again.
+  server can look again — except for the flags in the bundle's ``accept_flags`` under the confidence rule,
+  whose calibration held such cards (glare since bundle demo-8: the model has the glare fraction as a feature,
+  and glared cards that clear its threshold were all right in calibration and evaluation).
 
 The thresholds are calibrated at bundle build time (``models.build_bundle``) on held-out simulated captures
 for a target auto-accept precision.
@@ -39,6 +41,8 @@ class Thresholds:
     reprint_min_height: float = 0.0  # frame px; 0 (an older bundle): any size
     accept_confidence: float | None = None  # None: the score / margin thresholds decide accepts
     confidence_min_score: float = 0.0  # with accept_confidence: the top-1 score an accept needs besides
+    # soft gate failures the confidence rule still judges (its calibration held such cards); others never accept
+    accept_flags: tuple[str, ...] = ()
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Thresholds":
@@ -47,18 +51,22 @@ class Thresholds:
         ac = t.get("accept_confidence")
         return cls(float(t["accept_score"]), float(t["accept_margin"]), float(t["no_card_score"]),
                    None if rm is None else float(rm), float(t.get("reprint_min_height", 0.0)),
-                   None if ac is None else float(ac), float(t.get("confidence_min_score", 0.0)))
+                   None if ac is None else float(ac), float(t.get("confidence_min_score", 0.0)),
+                   tuple(t.get("accept_flags") or ()))
 
 
 def decide(match: Match, th: Thresholds, soft: bool = False, height: float | None = None,
-           confidence: float | None = None) -> str:
+           confidence: float | None = None, flag: str | None = None) -> str:
     """``height``: the card's height in the frame (px, ``geometry.card_height``); None = large enough.
-    ``confidence``: the match's calibrated confidence (None: the bundle has no model)."""
+    ``confidence``: the match's calibrated confidence (None: the bundle has no model). ``flag``: the soft gate
+    failure (implies ``soft``); one of the bundle's ``accept_flags`` leaves the card to the confidence rule."""
+    soft = soft or flag is not None
     if match.score < th.no_card_score:
         return "no_card"
     if th.accept_confidence is not None and confidence is not None:
         ok = confidence >= th.accept_confidence and match.score >= th.confidence_min_score
-        return "accept" if ok and not soft else "ambiguous"
+        judged = not soft or (flag is not None and flag in th.accept_flags)
+        return "accept" if ok and judged else "ambiguous"
     contest = match.contest and th.accept_reprint_margin is not None
     if contest and height is not None and height < th.reprint_min_height:
         return "ambiguous"
