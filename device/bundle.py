@@ -105,6 +105,11 @@ class Thresholds(BaseModel):
             raise ValueError(f"no_card_score {self.no_card_score} is above accept_score {self.accept_score}")
         if self.accept_confidence is not None and self.confidence is None:
             raise ValueError("accept_confidence without a confidence model")
+        from device.vision.detector import SOFT_REASONS
+
+        unknown = sorted(set(self.accept_flags) - set(SOFT_REASONS))
+        if unknown:
+            raise ValueError(f"accept_flags: {', '.join(unknown)} not soft gate failures ({', '.join(SOFT_REASONS)})")
         if self.confidence is not None:
             from device.vision.confidence import ConfidenceModel
 

@@ -149,7 +149,16 @@ def calibrate_rule(cards: list[dict], negs: list[dict], target: float = 0.999) -
 
 def load_records(path: Path) -> tuple[list[dict], list[dict]]:
     """(cards, negatives) as ``calibrate`` judges them: clean cards and ACCEPT_FLAGS-flagged ones."""
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {n}: not a JSON record ({exc.msg})") from None
+        if "kind" not in rows[-1]:
+            raise ValueError(f"{path}: line {n}: a record without \"kind\" (card | negative | flagged | hard)")
     cards = [r for r in rows if r["kind"] == "card" or (r["kind"] == "flagged" and r.get("quality_flag") in ACCEPT_FLAGS)]
     return cards, [r for r in rows if r["kind"] == "negative"]
 

@@ -152,3 +152,15 @@ def test_glare_never_raises_the_confidence():
     base = features(0.8, 0.02, False, 300, 400, 0.0)
     glared = features(0.8, 0.02, False, 300, 400, 0.6)
     assert model(glared) <= model(base) + 1e-12
+
+
+def test_broken_records_and_unknown_flags_are_refused_with_the_line(tmp_path):
+    from device.bundle import Thresholds as ManifestThresholds
+    from models.confidence import load_records
+
+    f = tmp_path / "records.jsonl"
+    f.write_text('{"kind": "card", "score": 0.9}\n{not json\n')
+    with pytest.raises(ValueError, match="line 2"):
+        load_records(f)
+    with pytest.raises(ValueError, match="accept_flags: fingers"):
+        ManifestThresholds(accept_score=0.6, accept_margin=0.01, no_card_score=0.4, accept_flags=["glare", "fingers"])
