@@ -155,8 +155,9 @@ def embed_catalog(a, work: Path, embedder_tflite: Path, strip_weight: float) -> 
 def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999, records_out: Path | None = None) -> dict:
     """Run the device pipeline over held-out simulated captures; pick thresholds for the accept rule.
     ``records_out``: also write every record the choice saw (JSON lines, ``kind`` card | hard | negative; and
-    flagged: the soft-flagged cards, never accepted, not part of the choice), so that a change of the rule can be
-    studied without running the captures again."""
+    flagged: the soft-flagged cards — those with an ``ACCEPT_FLAGS`` flag join the confidence rule's choice, the
+    others are never accepted), so that a change of the rule can be studied without running the captures again
+    (``python -m models.confidence --records``)."""
     from device.vision.pipeline import VisionPipeline
     from models.embedder.data import CatalogIndex
     from models.vision_eval import run_captures
@@ -217,7 +218,8 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999, records_out:
 
 
 def negative_records(a, pipe, n: int, seed: int = 950_000) -> list[dict]:
-    """Records (score, margin, reprint_contest, height, sharpness, glare) of the clean detections in scanner-box frames of things that are not catalog
+    """Records (score, margin, reprint_contest, height, sharpness, glare, quality_flag) of the detections — clean, or
+    with a flag the confidence rule judges (``ACCEPT_FLAGS``) — in scanner-box frames of things that are not catalog
     cards (``models.eval.negatives``: playing cards, MTG photos, photo patches, plain cards; seeds far from
     its evaluation's 910000). Why: the accept rule must not take an MTG card for a Pokémon card, and catalog
     captures alone cannot say where that starts. Empty without the shared photos."""

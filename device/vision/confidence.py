@@ -22,8 +22,7 @@ import numpy as np
 # One name per feature, in the order of the weights. Margins are split by meaning: an embedding gap (plain) and
 # a patch verdict (contest) are different quantities and get a weight each.
 # Each margin enters twice, as it is and as its log: most of the tail's bad matches have a tiny margin, where
-# only the log still tells 0.0005 from 0.005 (out-of-fold on demo-6's calibration captures, the first wrong accept
-# came at 83 % coverage with both, 80 % with the margins alone). A contest's score, sharpness and size get weights
+# only the log still tells 0.0005 from 0.005. A contest's score, sharpness and size get weights
 # of their own: both contenders share the illustration, so a high score says little about which printing it is,
 # while the patches' verdict depends on how sharp and how large the card is.
 FEATURES = ("score", "plain_margin", "contest_margin", "log_plain_margin", "log_contest_margin", "contest",

@@ -424,9 +424,8 @@ class TFLiteDetector(Detector):
         """Touching or overlapping cards the first pass merged into one: a second pass zoomed on ``quad``
         sees them at 2–3× the scale, where their kernels come apart. Returns the zoomed pass's detections
         centred inside ``quad`` (edge-snapped like the first pass's) when there are two or more, else [].
-        On the hand-held captures whose cards the device missed (bundle demo-7, seed 900000) the zoomed pass
-        found 27 of the 45 (IoU ≥ 0.5, most 0.8–0.9). The caller decides whether they read better than the
-        one (``VisionPipeline``)."""
+        The caller decides whether they read better than the one (``VisionPipeline._split``; hand-held cards
+        missed at seed 900000: 45 → 27 of 714, docs/device-vision.md)."""
         q = np.asarray(quad, np.float32)
         poly = q.reshape(-1, 1, 2)
         dets = [d for d in self._zoomed(frame, q, margin)

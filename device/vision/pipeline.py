@@ -36,7 +36,7 @@ from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
 TOP_K = 5
-MAX_SEPARATE = 2  # zoomed second passes for merged cards per frame (VisionPipeline._split)
+MAX_SEPARATE = 2  # default zoomed second passes for merged cards per frame (VisionPipeline._split)
 
 
 class _Passed(NamedTuple):
@@ -134,9 +134,10 @@ class VisionPipeline:
     def __init__(self, detector, embedder: Embedder, matcher: CatalogMatcher, thresholds: Thresholds,
                  gate: GateConfig | None = None, max_cards: int = 9, bundle_version: str = "",
                  reprints: Reprints | None = None, rerank: RerankConfig | None = None,
-                 confidence: ConfidenceModel | None = None):
+                 confidence: ConfidenceModel | None = None, max_separate: int = MAX_SEPARATE):
         self.detector = detector
         self.confidence = confidence
+        self.max_separate = max_separate  # zoomed second passes for merged cards per frame; 0 = none
         self.reprints = reprints
         self.rerank = rerank or RerankConfig()
         self.embedder = embedder
@@ -220,15 +221,23 @@ class VisionPipeline:
         unsure = det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15
         return _Passed(det.quad, crop, quality, unsure, flag, det.source, det.score)
 
-    def _read(self, frame: np.ndarray, t: _Passed) -> tuple[Match, np.ndarray, np.ndarray, np.ndarray]:
-        """(match, quad, crop, embedding) of one passed detection: its readings (upside down when unsure, the
-        quarter turns when landscape, as in ``process``) compete, the best is re-ranked."""
-        variants = [(t.quad, t.crop)]
+    @staticmethod
+    def _readings(frame: np.ndarray, t: _Passed) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(quad, crop) of each reading of a passed detection that competes for it. Orientation unsure: the
+        upside-down reading (the better match wins). A quad read landscape (top side longer than the left side) is
+        most likely a portrait card turned a quarter by the top map (3 of the 9 real-sv1 no_card losses at seed
+        900000): the two quarter-turn readings too."""
+        out = [(t.quad, t.crop)]
         for r in ([2] if t.unsure else []) + ([1, 3] if is_landscape(t.quad) else []):
             q2 = np.roll(t.quad, r, axis=0)
-            variants.append((q2, rectify(frame, q2)))
+            out.append((q2, rectify(frame, q2)))
+        return out
+
+    def _read(self, frame: np.ndarray, t: _Passed) -> tuple[Match, np.ndarray, np.ndarray, np.ndarray]:
+        """(match, quad, crop, embedding) of one passed detection: its best reading, re-ranked (``process`` does
+        the same for all detections of a frame in one batch)."""
         reads = []
-        for quad, crop in variants:
+        for quad, crop in self._readings(frame, t):
             e = self.embedder.embed(crop)
             reads.append((self.matcher.topk(e, TOP_K), quad, crop, e))
         m, quad, crop, e = max(reads, key=lambda x: x[0].score)
@@ -238,10 +247,11 @@ class VisionPipeline:
         """Pieces of a detection that is several touching or overlapping cards (``TFLiteDetector.separate``), read
         as cards: [(passed, read)] of the pieces that pass the gate (a sliver of a card under another is a
         too_small reject) when one of them at least matches better than the whole did, else None. Only for a CNN
-        detection that matched too poorly to be accepted: a card read well is one card, and the zoomed pass
-        costs one more inference."""
+        detection that matches no catalog card (score below no_card_score): it is either no card or several, and
+        the zoomed pass costs one more inference. (Below accept_score instead, the hand-held cards recovered were
+        the same 21 of the 45 missed at seed 900000, and the binder and hand-held bench frames paid 2–4 ms more.)"""
         cnn = self.detector if isinstance(self.detector, TFLiteDetector) else getattr(self.detector, "cnn", None)
-        if cnn is None or t.source != "cnn" or whole.score >= self.thresholds.accept_score:
+        if cnn is None or t.source != "cnn" or whole.score >= self.thresholds.no_card_score:
             return None
         pieces = cnn.separate(frame, t.quad)
         if not pieces:
@@ -267,19 +277,7 @@ class VisionPipeline:
             passed = self._gate(frame, det, rejected)
             if passed is not None:
                 todo.append(passed)
-        # orientation unsure: the upside-down reading competes (the better match wins). A quad read landscape
-        # (top side longer than the left side) is most likely a portrait card turned a quarter by the top map
-        # (3 of the 9 real-sv1 no_card losses at seed 900000): the two quarter-turn readings compete too.
-        variants: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for i, t in enumerate(todo):
-            quad = t.quad
-            variants.append((i, quad, t.crop))
-            rolls = [2] if t.unsure else []
-            if is_landscape(quad):
-                rolls += [1, 3]
-            for r in rolls:
-                q2 = np.roll(quad, r, axis=0)
-                variants.append((i, q2, rectify(frame, q2)))
+        variants = [(i, quad, crop) for i, t in enumerate(todo) for quad, crop in self._readings(frame, t)]
         if variants:
             t2 = time.perf_counter()
             embs = np.stack([self.embedder.embed(c) for _, _, c in variants])
@@ -297,9 +295,9 @@ class VisionPipeline:
                 best[i] = (self._rerank(m, frame, quad, e), quad, crop, e)
             ms["match"] += (time.perf_counter() - t5) * 1e3
             t6 = time.perf_counter()
-            # the worst-read detections first, at most MAX_SEPARATE a frame: a binder page of nine small cards
-            # would otherwise pay nine more inferences (bench frames at 1280×960: 16 → 21 ms median uncapped)
-            for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_SEPARATE]:
+            # the worst-read detections first, at most max_separate a frame: a binder page of nine small cards
+            # would otherwise pay up to nine more inferences
+            for i in sorted(best, key=lambda k: best[k][0].score)[:self.max_separate]:
                 pieces = self._split(frame, todo[i], best[i][0])
                 if pieces:
                     del best[i]

@@ -306,8 +306,8 @@ def best_threshold_accept_rate(recs: list[dict], precision: float = 0.999) -> fl
 
 def confidence_ece(recs: list[dict], bins: tuple[float, ...] = (0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
                    ) -> float | None:
-    """Expected calibration error of the device's confidence on its top-1 (clean cards; soft-flagged ones are
-    never accepted and the model is not fitted on them): Σ_bins n_b/n · |mean confidence − share right|."""
+    """Expected calibration error of the device's confidence on its top-1, over clean cards (the soft-flagged
+    ones are few, and most are never accepted): Σ_bins n_b/n · |mean confidence − share right|."""
     rows = [r for r in recs if r.get("device_confidence") is not None and not r.get("device_quality_flag")]
     if not rows:
         return None

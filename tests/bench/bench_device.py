@@ -2,7 +2,7 @@
 the counter-scan count on simulated stack sequences, using the *device* pipeline and a bundle.
 
     .venv/bin/python tests/bench/bench_device.py [--bundle models/bundles/demo] [--frames 200] [--threads 1]
-        [--catalog var/catalog] [--stacks 3] [--frame-size 1280x960]
+        [--catalog var/catalog] [--stacks 3] [--frame-size 1280x960] [--max-separate N]
 
 * latency: median / p90 ms of detect, embed, match, total over simulated 640×480 captures (free + grid;
   ``--frame-size 1280x960`` for the appliance's picamera2 default mode, the resize into the detector is then
@@ -83,6 +83,8 @@ def latency(args) -> dict:
 
     t0 = time.perf_counter()
     pipe = VisionPipeline.from_bundle(args.bundle, args.threads)
+    if args.max_separate is not None:
+        pipe.max_separate = args.max_separate
     load_s = time.perf_counter() - t0
     files = sorted(Path(args.frames_dir).glob("*.jpg"))
     for p in files[:5]:
@@ -114,6 +116,8 @@ def stack(args) -> dict:
     from models.synth.stack import StackConfig, simulate_stack
 
     pipe = VisionPipeline.from_bundle(args.bundle, args.threads)
+    if args.max_separate is not None:
+        pipe.max_separate = args.max_separate
     ids = catalog_ids(args.catalog)
     results = []
     busy_s, frames_n = 0.0, 0
@@ -160,6 +164,8 @@ def main() -> int:
                     help="simulated camera frame size of the latency frames (the appliance's picamera2 default is "
                          "1280x960; the stack sequences keep the simulator's own size)")
     ap.add_argument("--out", default=str(ROOT / "var/reports/bench_device.json"), help="JSON report")
+    ap.add_argument("--max-separate", type=int, default=None, metavar="N",
+                    help="zoomed second passes for merged cards per frame (default: the pipeline's; 0 = none)")
     ap.add_argument("--_child", choices=["latency", "stack"], help=argparse.SUPPRESS)
     ap.add_argument("--frames-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -1,5 +1,5 @@
 """scans.device_confidence: the device's calibrated confidence in its top candidate (protocol
-Scan.device_confidence), so reviewers and the resolver can see how sure the device was (NULL for older scans)
+Scan.device_confidence), so a reviewer sees how sure the device was (NULL for older scans)
 
 Revision ID: 0008
 Revises: 0007
