@@ -163,8 +163,8 @@ def test_false_detection_elsewhere_does_not_keep_the_stack():
 class _Result:
     """What the tracker reads from a pipeline CardResult: its score (and, for the appliance, its flag)."""
 
-    def __init__(self, score: float, flag: str | None = None):
-        self.score, self.quality_flag = score, flag
+    def __init__(self, score: float, flag: str | None = None, decision: str = "accept"):
+        self.score, self.quality_flag, self.decision = score, flag, decision
 
 
 def held_flagged(card_id: str, n: int, flag: str | None = "glare", score: float = 0.8, seed: int = 0) -> list[Observation]:
@@ -224,3 +224,75 @@ def test_observation_keeps_the_soft_flag_of_pipeline_cards():
     c = CardResult(_quad(), "ambiguous", "sv1-1", 0.8, 0.1, [("sv1-1", 0.8)], None, {"glare": 0.5}, "glare")
     obs = Observation.from_frame_result(FrameResult([c], [], None, {}))
     assert [s.flag for s in obs.cards] == ["glare"] and obs.others == []
+
+
+# ---------------------------------------------------------------------------- accepted vs ambiguous readings
+
+
+def read(card_id: str, decision: str, confidence: float, seed: int) -> Observation:
+    rng = np.random.default_rng(seed)
+    r = _Result(confidence, None, decision)
+    r.confidence = confidence
+    return Observation([SeenCard(card_id, _quad(dx=rng.normal(0, 1.5), dy=rng.normal(0, 1.5)), r)])
+
+
+def test_accepted_frames_outvote_repeated_ambiguous_misreadings():
+    """The bench's stack seed 5009: a card held still read once as itself (accepted) and then, frame after frame,
+    as its same-art reprint (ambiguous, for the server). The repeated misreading is one error seen several times,
+    not several votes: the window waits for an accepted frame, whose identity counts and whose reading is recorded."""
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    frames = [read("sv7-162", "ambiguous", 0.9, i) for i in range(3)]  # still window: no accepted frame yet, waits
+    frames += [read("sv7-110", "accept", 0.97, 3)] + [read("sv7-162", "ambiguous", 0.85, i) for i in range(4, 7)]
+    ev = feed(t, empty() + entering() + frames + empty(3))
+    placed = [e for e in ev if e.kind == "placed"]
+    assert t.counts == {"sv7-110": 1} and len(placed) == 1
+    assert placed[0].card.result.decision == "accept" and placed[0].card.result.confidence == 0.97
+
+
+def test_a_card_only_ever_ambiguous_counts_once_by_its_votes():
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    frames = [read("sv7-162", "ambiguous", 0.6, 0), read("sv7-110", "ambiguous", 0.7, 1)]
+    frames += [read("sv7-162", "ambiguous", 0.6, i) for i in range(2, 10)]
+    ev = feed(t, empty() + entering() + frames + empty(3))
+    placed = [e for e in ev if e.kind == "placed"]
+    assert t.counts == {"sv7-162": 1} and len(placed) == 1 and placed[0].card.result.decision == "ambiguous"
+
+
+# ---------------------------------------------------------------------------- what the detector makes of a slide
+
+
+def merged(card_id: str | None, grow: float) -> Observation:
+    """A copy sliding onto the resting card, detected with it as one outline ``grow``× as tall, its centre
+    barely moved (0.07 of a height: below ``arrival_shift``), matching nothing (the device's low_score)."""
+    q = _quad(h=360 * grow, dy=0.07 * 360)
+    r = _Result(0.35, "low_score", "ambiguous")
+    return Observation([SeenCard(card_id, q, r, "low_score")])
+
+
+def test_a_copy_slid_onto_the_same_card_as_one_merged_outline_counts():
+    """Simulated stack seeds 5014/5021/5039: the copy and the card under it merged into one detection whose
+    centre moved less than arrival_shift; before, the copy was taken for the same card still lying there."""
+    t = StackTracker()
+    frames = empty() + entering() + held("sv4-203", 6)
+    for k in range(2):  # two more copies, one after the other
+        frames += [merged("sv1-128", 1.13), merged("sm1-137", 1.15)] + held("sv4-203", 6, seed=k + 1)
+    feed(t, frames)
+    assert t.counts == {"sv4-203": 3}
+
+
+def test_the_same_card_still_lying_there_is_not_a_merged_arrival():
+    t = StackTracker()
+    frames = empty() + entering() + held("sv4-203", 6) + [merged("sv4-203", 1.03)] * 2 + held("sv4-203", 6, seed=1)
+    feed(t, frames)
+    assert t.counts == {"sv4-203": 1}
+
+
+def test_an_unmatched_detection_elsewhere_does_not_keep_a_taken_stack_alive():
+    """Seed 5038: between two cards one frame of the empty mat held a detection matching nothing away from the
+    resting place; the stack was never cleared and the next card counted as slid on top of it."""
+    t = StackTracker()
+    far = Observation([SeenCard("swsh5-109", _quad(cx=100, cy=100, h=120), _Result(0.32, "low_score", "ambiguous"),
+                                "low_score")])
+    ev = feed(t, empty() + entering() + held("xy4-101", 6) + [Observation(), far] * 2 + held("sm5-149", 6))
+    assert [e.kind for e in ev] == ["placed", "removed", "placed"]
+    assert t.counts == {"xy4-101": 1, "sm5-149": 1}

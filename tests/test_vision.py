@@ -58,6 +58,26 @@ QUAD = np.array([[220, 90], [400, 100], [395, 350], [210, 340]], np.float32)
 # ----------------------------------------------------------------------------------------- geometry
 
 
+def test_rectify_of_a_big_card_area_averages_only_what_it_reads():
+    """A card filling a 1280×960 frame (a scanner box at close range) goes through the area-averaged path,
+    which resizes only the region the crop reads: the crop is the card, with and without a margin, also
+    when the card reaches past the frame edge (the part beyond is grey, not smeared frame pixels)."""
+    card = card_image(2, size=(480, 672))
+    big = np.array([[300, 120], [820, 150], [800, 880], [280, 860]], np.float32)
+    frame = place(card, big, size=(1280, 960))
+    ref = cv2.resize(card, G.CANONICAL_SIZE, interpolation=cv2.INTER_AREA)
+    crop = G.rectify(frame, big)
+    assert np.abs(crop.astype(int) - ref.astype(int))[10:-10, 10:-10].mean() < 25
+    padded = G.rectify(frame, big, G.CANONICAL_SIZE, 0.1)
+    x0, y0, x1, y1 = (int(round(v)) for v in G.margin_box((padded.shape[1], padded.shape[0]), 0.1))
+    inner = cv2.resize(padded[y0:y1, x0:x1], G.CANONICAL_SIZE, interpolation=cv2.INTER_AREA)
+    assert np.abs(inner.astype(int) - ref.astype(int))[10:-10, 10:-10].mean() < 25
+    off = big + np.array([520, 0], np.float32)  # right third beyond the frame's right edge
+    part = G.rectify(place(card, off, size=(1280, 960)), off, G.CANONICAL_SIZE, 0.1)
+    right = part[y0 + 20:y1 - 20, -6:]
+    assert np.abs(right.astype(int) - 128).max() <= 2
+
+
 def test_order_and_portrait_quad():
     pts = QUAD[[2, 0, 3, 1]]
     q = G.portrait_quad(G.order_quad(pts))

@@ -5,20 +5,26 @@ Rules (the scan counter, not the identifier, decides what a placement is):
 * a card must be seen **stable** — the same place (quad IoU ≥ ``stable_iou``) — for ``stable_frames``
   consecutive frames before it counts; its identity is the one with the most votes (summed calibrated
   confidences, or scores from a bundle without a confidence model) over those frames, so a frame misread as a
-  look-alike reprint does not matter, and the frame recorded is that identity's most confident one (a frame
-  the device accepts outweighs a blurred one it would send to the server); frames the quality gate rejects
-  (moving, heavily blurred, half out of view) never count;
+  look-alike reprint does not matter, and the frame recorded is that identity's most confident one; frames the
+  quality gate rejects (moving, heavily blurred, half out of view) never count;
+* readings are weighed by **tier** before votes: frames the device *accepted* (the calibrated rule, ≥ 99.9 %
+  precise) outvote any number of frames it sent to the server as ambiguous — a card held still is misread the
+  same way frame after frame (same pose, same blur), so repeated ambiguous readings are not independent
+  evidence (a simulated stack read sv7-110 as its same-art reprint sv7-162 in 4 of 7 frames, all ambiguous,
+  and the 3 accepted frames were right); within a tier clean frames outvote soft-flagged ones;
 * a card identified despite a **soft** gate failure (glare, slight blur, a sliver out of view:
-  ``SeenCard.flag``) counts like any other, but a clean frame is preferred: while a still window holds only
-  flagged frames its decision waits up to ``soft_patience_frames`` more frames for a clean one (the identity
-  is then voted by the clean frames and the clean frame's result is recorded); a window that ends before
-  (the card is taken away) is decided with what it has, so a card that only ever shows glare counts once;
+  ``SeenCard.flag``) counts like any other, but a clean accepted frame is preferred: while a still window
+  holds none its decision waits up to ``soft_patience_frames`` more frames for one (the identity is then voted
+  by the best tier and that tier's result is recorded); a window that ends before (the card is taken away) is
+  decided with what it has, so a card that only ever shows glare (or is always ambiguous) counts once;
 * the **same card still lying there** (jitter, glare, a blurred frame, a hand passing) is not counted again;
 * **N copies placed one after another** count N: between them the mat is empty (``empty_frames`` frames
   with no card at all) — or, without an empty gap, a copy arrives on top (next rule);
 * a card **slid on top** counts: a different identity becomes stable (also at the very same place: a new
   identity sustained for ``switch_frames`` frames starts a new still window), or the same identity becomes
-  stable again after an *arrival* was seen (a card quad far from the resting place);
+  stable again after an *arrival* was seen (a card quad far from the resting place, or an outline over it
+  clearly bigger than the resting card: a copy sliding on top of the same card often merges with it into one
+  detection whose centre barely moves; its frames break the still window, so the copy is decided anew);
 * the mat is **cleared** after ``empty_frames`` frames with nothing identified and nothing where the top
   card lay (a false detection elsewhere, e.g. a printed playmat zone, does not keep a stack alive);
 * a card **taken off the top** reveals the one below: when the revealed identity is the one under it in
@@ -82,6 +88,16 @@ class StackEvent:
     card: SeenCard | None = None
 
 
+TOP_TIER = 3
+
+
+def tier(c: SeenCard) -> int:
+    """How much one reading is worth: accepted and clean 3, accepted despite a soft flag 2, ambiguous and clean
+    1, ambiguous and flagged 0. A reading without a decision (ground truth in tests) counts as accepted."""
+    accepted = getattr(c.result, "decision", "accept") == "accept"
+    return 2 * accepted + (c.flag is None)
+
+
 @dataclass
 class StackConfig:
     stable_frames: int = 3
@@ -89,8 +105,13 @@ class StackConfig:
     empty_frames: int = 2
     switch_frames: int = 3  # frames in a row with another identity at the same place: a new card on top
     arrival_shift: float = 0.15  # centre displacement (fraction of card height) that marks a moving card
-    # a still window with only soft-flagged frames (glare, slight blur, a sliver out of view) waits this many
-    # frames more for a clean frame before it is decided with the flagged ones
+    # a detection over the resting card with this much more area also marks one: a copy sliding on top of the
+    # same card merges with it into one bigger outline whose centre barely moves (simulated stacks: 1.15-1.35×
+    # the area at 0.06-0.08 of a height; a card lying still: ≤ 1.06×)
+    arrival_grow: float = 0.12
+    # a still window without a clean accepted frame (only glare, slight blur, a sliver out of view, or readings
+    # the device would send to the server) waits this many frames more for one before it is decided with what
+    # it has
     soft_patience_frames: int = 3
 
 
@@ -103,11 +124,11 @@ class StackTracker:
         self._cand_n = 0
         self._empty_n = 0
         self._arrival = False
+        self._merged = False  # an outline over the resting card grew since the last decision (``_grown``)
         self._disp: list[float] = []  # displacements of moving cards since the last stable card
         self._votes: dict[str | None, float] = {}  # identity votes (summed scores) of the current still window
-        self._best: dict[str | None, tuple[float, SeenCard]] = {}
-        self._clean_votes: dict[str | None, float] = {}  # the same over the window's clean (unflagged) frames
-        self._clean_best: dict[str | None, tuple[float, SeenCard]] = {}
+        # the same per evidence tier (``tier``): tier → (votes, best reading per identity)
+        self._tiers: dict[int, tuple[dict[str | None, float], dict[str | None, tuple[float, SeenCard]]]] = {}
         self._streak: list[tuple[SeenCard, float]] = []  # consecutive frames disagreeing with the leader
         self._decided = False
         self.counts: dict[str, int] = {}
@@ -122,6 +143,16 @@ class StackTracker:
         d = float(np.linalg.norm(c.quad.mean(0) - ref.quad.mean(0)))
         return d > self.cfg.arrival_shift * max(ref.height, 1.0)
 
+    def _grown(self, c: SeenCard, ref: SeenCard) -> bool:
+        """``c`` lies over the resting card ``ref`` with a clearly bigger outline: a card sliding onto it."""
+        return c.area > (1.0 + self.cfg.arrival_grow) * ref.area and quad_iou(c.quad, ref.quad) >= 0.5
+
+    def _resized(self, c: SeenCard, prev: SeenCard) -> bool:
+        """The outline grew or shrank by ``arrival_grow`` since the previous frame: not one card lying still
+        (the merged outline of a card sliding on top came or went), so the still window starts again."""
+        r = c.area / max(prev.area, 1e-6)
+        return r > 1.0 + self.cfg.arrival_grow or r < 1.0 / (1.0 + self.cfg.arrival_grow)
+
     def update(self, obs: Observation) -> list[StackEvent]:
         self.frame += 1
         events: list[StackEvent] = []
@@ -134,7 +165,7 @@ class StackTracker:
             if self._empty_n >= self.cfg.empty_frames and self.stack:
                 events.append(StackEvent("removed", self.stack[-1].card_id, self.frame))
                 self.stack = []
-                self._arrival = False
+                self._arrival = self._merged = False
                 self._disp = []
             if obs.empty or not obs.others:
                 self._cand = None
@@ -150,6 +181,9 @@ class StackTracker:
             if moved:
                 self._arrival = True
                 self._disp.append(max(float(np.linalg.norm(c.quad.mean(0) - anchor.quad.mean(0))) for c in moved))
+            # a merged outline says something joined the resting card, not which way it moved: it only tells
+            # a copy slid on top from the same card still lying there (``_decide``)
+            self._merged = self._merged or any(self._grown(c, anchor) for c in everything)
         top = self._top(obs)
         if top is None or self._elsewhere(obs, top):
             self._cand = None  # nothing stable this frame (moving / rejected / two cards)
@@ -161,7 +195,7 @@ class StackTracker:
         # disagreeing with the window's leader) starts a new window instead.
         conf = getattr(top.result, "confidence", None)
         score = max(float(conf if conf is not None else (getattr(top.result, "score", 1.0) or 1.0)), 0.0)
-        if self._cand is None or quad_iou(top.quad, self._cand.quad) < self.cfg.stable_iou:
+        if self._cand is None or quad_iou(top.quad, self._cand.quad) < self.cfg.stable_iou or self._resized(top, self._cand):
             self._new_window()
         elif self._votes and top.card_id != max(self._votes, key=self._votes.get):
             self._streak.append((top, score))
@@ -188,13 +222,20 @@ class StackTracker:
     def _ready(self) -> bool:
         if self._cand_n < self.cfg.stable_frames:
             return False
-        return bool(self._clean_votes) or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames
+        return TOP_TIER in self._tiers or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames
 
     def _cleared(self, obs: Observation) -> bool:
         """The mat counts as cleared when nothing identified is seen and nothing lies where the top card lay
         (a false detection elsewhere on a printed playmat must not keep a stack alive)."""
         anchor = self.stack[-1] if self.stack else None
-        return not obs.cards and (anchor is None or all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others))
+        # a detection that matched no catalog card (``low_score``, sent to the server for a second look) is a
+        # card only where the top card lay: elsewhere on an empty mat it is a print or a shadow (a simulated
+        # stack was never cleared by one such frame between its empty frames, and the next card was counted as
+        # slid on a stack that had gone)
+        if anchor is None:
+            return not obs.cards
+        unmatched = [c for c in obs.cards if c.flag == "low_score"]
+        return len(unmatched) == len(obs.cards) and all(quad_iou(c.quad, anchor.quad) < 0.3 for c in obs.others + unmatched)
 
     @staticmethod
     def _elsewhere(obs: Observation, top: SeenCard) -> bool:
@@ -208,38 +249,39 @@ class StackTracker:
         top = self._top(obs)
         if top is None or self._cand is None or self._elsewhere(obs, top):
             return False
-        return quad_iou(top.quad, self._cand.quad) >= self.cfg.stable_iou
+        return quad_iou(top.quad, self._cand.quad) >= self.cfg.stable_iou and not self._resized(top, self._cand)
 
     def _decide(self, events: list[StackEvent]) -> None:
-        """A stable card: decide what it means. Identity = the most voted one in the window — over its clean
-        frames when it has any (a glared or blurred reading is weaker evidence), and the recorded result is
-        that identity's best clean frame; otherwise over the flagged frames."""
+        """A stable card: decide what it means. Identity = the most voted one of the window's best evidence
+        tier (accepted over ambiguous, clean over flagged), and the recorded result is that identity's most
+        confident reading in the tier."""
         self._decided = True
-        votes, best = (self._clean_votes, self._clean_best) if self._clean_votes else (self._votes, self._best)
+        votes, best = self._tiers[max(self._tiers)]
         c = best[max(votes, key=votes.get)][1]
         if not self.stack:
             events.append(self._count("placed", c))
-        elif c.card_id == self.stack[-1].card_id and not self._arrival:
+        elif c.card_id == self.stack[-1].card_id and not (self._arrival or self._merged):
             self.stack[-1] = c  # the same card still lying there
-        elif len(self.stack) >= 2 and c.card_id == self.stack[-2].card_id and (self._departing() or not self._arrival):
+        elif (len(self.stack) >= 2 and c.card_id == self.stack[-2].card_id
+              and (self._departing() or not (self._arrival or c.card_id == self.stack[-1].card_id))):
             self.stack.pop()  # top card taken off: the one below shows again
             self.stack[-1] = c
         else:
             events.append(self._count("slid_on_top", c))
-        self._arrival = False
+        self._arrival = self._merged = False
         self._disp = []
 
     def _new_window(self) -> None:
-        self._cand_n, self._votes, self._best, self._streak, self._decided = 0, {}, {}, [], False
-        self._clean_votes, self._clean_best = {}, {}
+        self._cand_n, self._votes, self._streak, self._decided = 0, {}, [], False
+        self._tiers = {}
 
     def _vote(self, c: SeenCard, score: float) -> None:
         self._cand_n += 1
-        tallies = [(self._votes, self._best)] + ([(self._clean_votes, self._clean_best)] if c.flag is None else [])
-        for votes, best in tallies:
-            votes[c.card_id] = votes.get(c.card_id, 0.0) + score
-            if c.card_id not in best or score > best[c.card_id][0]:
-                best[c.card_id] = (score, c)
+        self._votes[c.card_id] = self._votes.get(c.card_id, 0.0) + score
+        votes, best = self._tiers.setdefault(tier(c), ({}, {}))
+        votes[c.card_id] = votes.get(c.card_id, 0.0) + score
+        if c.card_id not in best or score > best[c.card_id][0]:
+            best[c.card_id] = (score, c)
 
     def _departing(self) -> bool:
         """The last moving card went away from the resting place (its displacement grew at the end): a card
