@@ -146,9 +146,10 @@ class Scan(BaseModel):
         "forbidden): update the server before the devices.", ge=0.0, le=0.25)
     quality_flag: str | None = Field(
         None, description="Why the device did not trust this card: the soft quality-gate failure it was "
-        "identified despite (glare | too_blurry | partially_out_of_view) or low_score (a confident detection "
-        "whose best match is below the no-card score); such a scan is never accepted by the device. None when "
-        "the frame was clean.",
+        "identified despite (glare | too_blurry | partially_out_of_view), low_score (a confident detection "
+        "whose best match is below the no-card score) or pieces (one card read from pieces the detector cut "
+        "apart); the device accepts such a scan only where its bundle's accept_flags name the flag (glare in "
+        "bundle demo-8). None when the frame was clean.",
         pattern=r"^[a-z][a-z_]{0,31}$")
     bundle_version: str = Field("", description="Model/catalog bundle that produced the decision.", max_length=64)
     device_confidence: float | None = Field(

@@ -296,3 +296,17 @@ def test_an_unmatched_detection_elsewhere_does_not_keep_a_taken_stack_alive():
     ev = feed(t, empty() + entering() + held("xy4-101", 6) + [Observation(), far] * 2 + held("sm5-149", 6))
     assert [e.kind for e in ev] == ["placed", "removed", "placed"]
     assert t.counts == {"xy4-101": 1, "sm5-149": 1}
+
+
+def test_one_accepted_frame_after_frames_matching_nothing_waits_for_a_second():
+    """Seed 5015: the card still sliding in matched nothing for two frames (same place already), then one
+    accepted frame named its same-art reprint, and the next ones the card: one accepted frame is not yet a
+    card lying still."""
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    junk = [read("ru1-3", "ambiguous", 0.1, 0), read("xy1-28", "ambiguous", 0.1, 1)]
+    for o in junk:
+        o.cards[0].flag = "low_score"
+    frames = junk + [read("ex3-85", "accept", 0.97, 2)] + [read("pop3-10", "accept", 0.95, i) for i in range(3, 7)]
+    ev = feed(t, empty() + entering() + frames + empty(3))
+    placed = [e for e in ev if e.kind == "placed"]
+    assert t.counts == {"pop3-10": 1} and len(placed) == 1

@@ -586,3 +586,38 @@ def test_touching_cards_merged_by_the_first_pass_are_separated(shared_data):
             best = max(res.cards, key=lambda c: G.quad_iou(c.quad, q))
             assert G.quad_iou(best.quad, q) >= 0.75 and best.candidates[0][0] == cid, (ids, cid)
     assert merged >= 3  # the case this test is about: the first pass merges such pairs (5 of 5 with demo-8)
+
+
+@needs_bundle
+def test_a_card_cut_into_pieces_is_read_from_their_outline():
+    """The detector sometimes cuts one card into pieces (a full-art card on a mat of its colours: a simulated
+    stack's card never counted). Two halves of a real sv1 card's quad, each read by the real pipeline, match no
+    catalog card; their outline (``VisionPipeline._merge``) is the card, edge-snapped, read as such — flagged
+    ``pieces`` so the device sends it to the server instead of accepting it."""
+    from device.bundle import golden_expected
+    from device.vision.pipeline import VisionPipeline, _Passed
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
+    card_id = golden_expected(BUNDLE)["golden_0.jpg"]
+    frame = cv2.imread(str(BUNDLE / "golden/golden_0.jpg"))
+    q = pipe.process(frame).cards[0].quad
+    mid_l, mid_r = (q[0] + q[3]) / 2, (q[1] + q[2]) / 2
+    halves = [np.array([q[0], q[1], mid_r, mid_l]), np.array([mid_l, mid_r, q[2], q[3]])]
+    todo, best = [], {}
+    for k, h in enumerate(halves):
+        passed = _Passed(h.astype(np.float32), G.rectify(frame, h), {}, False, None, "cnn", 0.85)
+        todo.append(passed)
+        best[k] = pipe._read(frame, passed)
+        assert best[k][0].score < pipe.thresholds.no_card_score  # a half is no card
+    merged = pipe._merge(frame, todo, best)
+    assert merged is not None
+    pieces, passed, read = merged
+    assert sorted(pieces) == [0, 1] and passed.flag == "pieces"
+    assert read[0].card_ids[0] == card_id and read[0].score >= pipe.thresholds.accept_score
+    assert G.quad_iou(read[1], q) > 0.9
+    # a lone piece, or pieces whose outline is no card (side by side: twice as wide), are left alone
+    assert pipe._merge(frame, todo[:1], {0: best[0]}) is None
+    w = q[1] - q[0]
+    beside = [np.array([p + w * k for p in halves[0]]) for k in (0, 1.05)]
+    side = [_Passed(b.astype(np.float32), G.rectify(frame, b), {}, False, None, "cnn", 0.85) for b in beside]
+    assert pipe._merge(frame, side, {0: best[0], 1: best[1]}) is None

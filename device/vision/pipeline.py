@@ -31,7 +31,8 @@ from device.vision.detector import (CombinedDetector, ContourDetector, Detection
                                     crop_reject, geometry_reject, inside_fraction, soft_failure)
 from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
-from device.vision.geometry import EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, rectify
+from device.vision.geometry import (CARD_ASPECT, EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, order_quad,
+                                    portrait_quad, rectify)
 from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
@@ -265,6 +266,38 @@ class VisionPipeline:
             return None
         return out
 
+    def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> tuple[list[int], _Passed, tuple] | None:
+        """One card the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
+        simulated stack's card was read in 2-3 pieces in most of its frames and never counted): when two or more
+        CNN detections of the frame match no catalog card and together outline one card (the minimum-area
+        rectangle around them has a card's aspect and they fill it), that outline, edge-snapped, is read as a
+        card. Returns (indices of the pieces, passed, read) when it matches a card better than every piece
+        did, else None. Costs one warp + embed + match, and only in frames with such pieces."""
+        low = [i for i in best if todo[i].source == "cnn" and best[i][0].score < self.thresholds.no_card_score]
+        if len(low) < 2:
+            return None
+        hull = cv2.convexHull(np.concatenate([todo[i].quad for i in low]).astype(np.float32))
+        rect = cv2.minAreaRect(hull)
+        w, h = sorted(rect[1])
+        if h <= 0 or abs(w / h - CARD_ASPECT) > 0.12 or cv2.contourArea(hull) < 0.85 * w * h:
+            return None
+        quad = portrait_quad(order_quad(cv2.boxPoints(rect)))
+        info: dict = {"merged": len(low)}
+        cnn = self.detector if isinstance(self.detector, TFLiteDetector) else getattr(self.detector, "cnn", None)
+        if cnn is not None and cnn.refine and cnn.edges is not None:
+            quad, snap = cnn.edges.refine(frame, quad)
+            info.update(snap)
+        passed = self._gate(frame, Detection(quad, max(todo[i].score for i in low), "cnn", 1.0, info))
+        if passed is None:
+            return None
+        # a rectangle has no top side: both readings. Flagged ``pieces``: the confidence was never calibrated on
+        # such outlines, so the device does not accept them; the server gets the crop
+        passed = passed._replace(unsure=True, flag=passed.flag or "pieces")
+        read = self._read(frame, passed)
+        if read[0].score < self.thresholds.no_card_score or read[0].score <= max(best[i][0].score for i in low):
+            return None
+        return low, passed, read
+
     def process(self, frame: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
         dets: list[Detection] = self.detector.detect(frame)[: self.max_cards]
@@ -304,6 +337,13 @@ class VisionPipeline:
                     for passed, read in pieces:
                         todo.append(passed)
                         best[len(todo) - 1] = read
+            merged = self._merge(frame, todo, best)
+            if merged is not None:
+                pieces, passed, read = merged
+                for i in pieces:
+                    del best[i]
+                todo.append(passed)
+                best[len(todo) - 1] = read
             ms["detect"] += (time.perf_counter() - t6) * 1e3  # mostly the zoomed detector pass
             for i in sorted(best):
                 m, quad, crop, _ = best[i]

@@ -129,6 +129,8 @@ class StackTracker:
         self._votes: dict[str | None, float] = {}  # identity votes (summed scores) of the current still window
         # the same per evidence tier (``tier``): tier → (votes, best reading per identity)
         self._tiers: dict[int, tuple[dict[str | None, float], dict[str | None, tuple[float, SeenCard]]]] = {}
+        self._counts: dict[str | None, int] = {}  # clean accepted readings per identity (the top tier)
+        self._top_n = 0  # … of the most read one
         self._streak: list[tuple[SeenCard, float]] = []  # consecutive frames disagreeing with the leader
         self._decided = False
         self.counts: dict[str, int] = {}
@@ -148,8 +150,13 @@ class StackTracker:
         return c.area > (1.0 + self.cfg.arrival_grow) * ref.area and quad_iou(c.quad, ref.quad) >= 0.5
 
     def _resized(self, c: SeenCard, prev: SeenCard) -> bool:
-        """The outline grew or shrank by ``arrival_grow`` since the previous frame: not one card lying still
-        (the merged outline of a card sliding on top came or went), so the still window starts again."""
+        """The merged outline of a card sliding onto the resting one came or went since the previous frame
+        (the outline grew or shrank by ``arrival_grow`` and crossed that size over the resting card): not one
+        card lying still, so the still window starts again. Both conditions: a card's outline that only
+        jitters around the threshold, or one read noisily with no stack below, keeps its window."""
+        anchor = self.stack[-1] if self.stack else None
+        if anchor is None or self._grown(c, anchor) == self._grown(prev, anchor):
+            return False
         r = c.area / max(prev.area, 1e-6)
         return r > 1.0 + self.cfg.arrival_grow or r < 1.0 / (1.0 + self.cfg.arrival_grow)
 
@@ -222,7 +229,11 @@ class StackTracker:
     def _ready(self) -> bool:
         if self._cand_n < self.cfg.stable_frames:
             return False
-        return TOP_TIER in self._tiers or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames
+        # one clean accepted frame in a window that began with frames matching nothing (the card still sliding
+        # in) is not yet a card lying still: wait for a second one (simulated stack seed 5015: a lone accepted
+        # frame named the same-art reprint, the next three named the card)
+        return (self._top_n >= min(2, self.cfg.stable_frames)
+                or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames)
 
     def _cleared(self, obs: Observation) -> bool:
         """The mat counts as cleared when nothing identified is seen and nothing lies where the top card lay
@@ -274,12 +285,18 @@ class StackTracker:
     def _new_window(self) -> None:
         self._cand_n, self._votes, self._streak, self._decided = 0, {}, [], False
         self._tiers = {}
+        self._counts = {}
+        self._top_n = 0
 
     def _vote(self, c: SeenCard, score: float) -> None:
         self._cand_n += 1
         self._votes[c.card_id] = self._votes.get(c.card_id, 0.0) + score
-        votes, best = self._tiers.setdefault(tier(c), ({}, {}))
+        t = tier(c)
+        votes, best = self._tiers.setdefault(t, ({}, {}))
         votes[c.card_id] = votes.get(c.card_id, 0.0) + score
+        if t == TOP_TIER:
+            self._counts[c.card_id] = self._counts.get(c.card_id, 0) + 1
+            self._top_n = max(self._counts.values())
         if c.card_id not in best or score > best[c.card_id][0]:
             best[c.card_id] = (score, c)
 

@@ -122,20 +122,24 @@ def stack(args) -> dict:
     results = []
     busy_s, frames_n = 0.0, 0
     decisions: dict[str, int] = {}  # the decision recorded for each counted card (what the outbox gets)
+    wrong: dict[str, int] = {}  # … of them naming another printing than the card on top in that frame
     for s in range(args.stacks):
         rng = np.random.default_rng(5000 + s)
         chosen = [ids[int(j)] for j in rng.choice(len(ids), 8, replace=False)]
         images = {c: cv2.imread(str(Path(args.catalog) / f"{c}.jpg")) for c in chosen}
         seq = simulate_stack(images, args.placements, rng, StackConfig(p_same_again=0.25, p_slide_on_top=0.25))
         tr = StackTracker()
-        for frame, _ in seq.frames():
+        for frame, label in seq.frames():
             t0 = time.perf_counter()
             events = tr.update(Observation.from_frame_result(pipe.process(frame)))
             busy_s += time.perf_counter() - t0  # device work only, not the simulator's rendering
+            on_top = label["cards"][-1]["card_id"] if label["cards"] else None
             for e in events:
                 if e.kind != "removed" and e.card is not None and e.card.result is not None:
                     d = e.card.result.decision
                     decisions[d] = decisions.get(d, 0) + 1
+                    if e.card_id != on_top:
+                        wrong[d] = wrong.get(d, 0) + 1
             frames_n += 1
         results.append({"seed": 5000 + s, "placements": sum(seq.counts.values()), "exact": tr.counts == seq.counts,
                         "placements_counted": sum(tr.counts.values()),
@@ -147,6 +151,7 @@ def stack(args) -> dict:
             "placement_count_exact": sum(r["placements"] == r["placements_counted"] for r in results),
             "frames": frames_n, "frames_per_card": round(frames_n / max(1, placements), 1),
             "cards_per_s": round(placements / busy_s, 2) if busy_s else None, "recorded_decisions": decisions,
+            "recorded_wrong": wrong,
             "details": results}
 
 
