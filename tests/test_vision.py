@@ -447,10 +447,13 @@ def test_glared_capture_of_a_real_card_is_ambiguous_with_crop_and_reason():
         sure = g.confidence >= th.accept_confidence and g.score >= th.confidence_min_score
         assert g.quality_flag == "glare" and g.decision == ("accept" if sure else "ambiguous")
 
-    # a blown-out face (nothing left to identify) stays a reject
+    # a blown-out face is never accepted: the detector cuts it into pieces that match nothing, and what their
+    # outline still shows (``_merge``: here the right card, at a score below every accept) goes to the server
     gone = pipe.process(overexposed(frame, 3.0))
-    assert not [x for x in gone.cards if x.decision != "no_card"]
-    assert gone.reject_reason == "glare"
+    assert not [x for x in gone.cards if x.decision == "accept"]
+    seen = [x for x in gone.cards if x.decision != "no_card"]
+    assert all(x.quality_flag == "pieces" and x.evidence is not None for x in seen)
+    assert seen or gone.reject_reason == "glare"
 
 
 @needs_bundle

@@ -292,7 +292,7 @@ class VisionPipeline:
             return None
         # a rectangle has no top side: both readings. Flagged ``pieces``: the confidence was never calibrated on
         # such outlines, so the device does not accept them; the server gets the crop
-        passed = passed._replace(unsure=True, flag=passed.flag or "pieces")
+        passed = passed._replace(unsure=True, flag="pieces")  # the gate's own soft flag stays in the quality
         read = self._read(frame, passed)
         if read[0].score < self.thresholds.no_card_score or read[0].score <= max(best[i][0].score for i in low):
             return None
