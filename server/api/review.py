@@ -54,7 +54,8 @@ class ReviewItem(BaseModel):
     quality_flag: str | None = Field(None, description="Why the device did not trust the card: a soft quality-gate "
                                      "failure (glare, too_blurry, partially_out_of_view: the crop may be poor) or "
                                      "low_score (nothing in the catalog matched on the device: maybe not a catalog "
-                                     "card at all).")
+                                     "card at all) or pieces (read from the outline of pieces the device's detector "
+                                     "cut the card into: its corners may be off).")
     device_confidence: float | None = Field(None, description="The device's calibrated confidence in its top "
                                             "candidate (None: an older device or bundle).")
 
