@@ -94,7 +94,7 @@ bench-resolver: setup var/catalog/index.jsonl
 
 bench-device: setup var/catalog/index.jsonl
 	$(BENCH) device --json $(RAW)/device.json --target "make bench-device" -- \
-	  $(BIN)/python tests/bench/bench_device.py --threads 1 --frames 200 --stacks 10 --out $(RAW)/device.json
+	  $(BIN)/python tests/bench/bench_device.py --threads 1 --frames 200 --stacks 40 --out $(RAW)/device.json
 
 bench-accuracy: setup var/catalog/index.jsonl ## device-only accuracy + detector IoU (simulated captures, real photos)
 	$(BENCH) accuracy_device --json $(RAW)/accuracy_device.json --target "make bench-accuracy" -- \

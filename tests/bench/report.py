@@ -54,7 +54,10 @@ def device_rows(raw: dict) -> list[Row]:
         rows.append(_row("device", f"stack sequences ({st['sequences']} × {st['details'][0]['placements']} placements)",
                          f"per-card counts exact {st['exact']}/{st['sequences']}, number of placements exact "
                          f"{st['placement_count_exact']}/{st['sequences']}"
-                         + (f"; {cps:.1f} cards/s processed (1 thread)" if cps else ""),
+                         + (f"; {cps:.1f} cards/s processed (1 thread)" if cps else "")
+                         + "".join(f"; {d} recorded {n}, naming another printing {st['recorded_wrong'].get(d, 0)}"
+                                   for d, n in sorted(st.get("recorded_decisions", {}).items())
+                                   if "recorded_wrong" in st),
                          "counts exactly right, ≥ 1 card/s", st["exact"] == st["sequences"]))
     return rows
 
