@@ -425,22 +425,21 @@ class TFLiteDetector(Detector):
         return decode_maps(self._run(x), s, off, None, self.kernel_thresh, split=self.split)
 
     def separate(self, frame: np.ndarray, quad: np.ndarray, margin: float = 0.15) -> list[Detection]:
-        """Touching or overlapping cards the first pass merged into one: a second pass zoomed on ``quad``
-        sees them at 2–3× the scale, where their kernels come apart. Returns the zoomed pass's detections
-        centred inside ``quad`` (edge-snapped like the first pass's) when there are two or more, else [].
-        The caller decides whether they read better than the one (``VisionPipeline._split``; hand-held cards
-        missed at seed 900000: 45 → 27 of 714, docs/device-vision.md)."""
+        """A second look at a detection that read badly, zoomed on ``quad`` (2–3× the scale): touching or
+        overlapping cards the first pass merged into one come apart there, and a single card's corners come out
+        finer. Returns the zoomed pass's detections centred inside ``quad``, edge-snapped like the first pass's
+        (``info["split"]`` when there are two or more); the caller decides whether they read better than the
+        one (``VisionPipeline._split``; hand-held cards missed at seed 900000: 45 → 27 of 714,
+        docs/device-vision.md)."""
         q = np.asarray(quad, np.float32)
         poly = q.reshape(-1, 1, 2)
         dets = [d for d in self._zoomed(frame, q, margin)
                 if cv2.pointPolygonTest(poly, tuple(float(v) for v in d.quad.mean(0)), False) >= 0]
-        if len(dets) < 2:
-            return []
         for d in dets:
             if self.refine and self.edges is not None:
                 d.quad, info = self.edges.refine(frame, d.quad)
                 d.info.update(info)
-            d.info["split"] = True
+            d.info["split" if len(dets) >= 2 else "refocused"] = True
         return dets
 
     def zoom(self, frame: np.ndarray, det: Detection) -> Detection | None:
