@@ -310,3 +310,19 @@ def test_one_accepted_frame_after_frames_matching_nothing_waits_for_a_second():
     ev = feed(t, empty() + entering() + frames + empty(3))
     placed = [e for e in ev if e.kind == "placed"]
     assert t.counts == {"pop3-10": 1} and len(placed) == 1
+
+
+def test_a_card_slid_on_top_at_the_same_place_counts_despite_one_reprint_misreading():
+    """Seed 5009: the new card slid onto the stack at the very same place (one still window by geometry) read
+    as junk while moving, then gym1-63, gym2-64 (its same-art reprint), gym1-63, gym1-63: never three alike in a
+    row, so the old switch rule kept the window of the card below and the new card was never counted."""
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    below = [read("pop9-6", "accept", 0.99, i) for i in range(6)]
+    junk = [read("bw4-74", "ambiguous", 0.1, 6), read("pgo-16", "ambiguous", 0.25, 7)]
+    for o in junk:
+        o.cards[0].flag = "low_score"
+    top = [read("gym1-63", "ambiguous", 0.88, 8), read("gym2-64", "ambiguous", 0.44, 9),
+           read("gym1-63", "accept", 0.95, 10), read("gym1-63", "accept", 0.95, 11)]
+    ev = feed(t, empty() + entering() + below + junk + top + empty(3))
+    assert t.counts == {"pop9-6": 1, "gym1-63": 1}
+    assert [e.kind for e in ev if e.kind != "removed"] == ["placed", "slid_on_top"]

@@ -624,3 +624,28 @@ def test_a_card_cut_into_pieces_is_read_from_their_outline():
     beside = [np.array([p + w * k for p in halves[0]]) for k in (0, 1.05)]
     side = [_Passed(b.astype(np.float32), G.rectify(frame, b), {}, False, None, "cnn", 0.85) for b in beside]
     assert pipe._merge(frame, side, {0: best[0], 1: best[1]}) is None
+
+
+@needs_bundle
+def test_a_badly_read_card_is_looked_at_again_closer():
+    """Corners far off (a hand-held card that matched nothing: median quad IoU 0.79): the zoomed second pass sees
+    the same card at 2-3x the scale and its edge-snapped quad replaces the first reading when it reads better."""
+    from device.bundle import golden_expected
+    from device.vision.pipeline import VisionPipeline, _Passed
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
+    card_id = golden_expected(BUNDLE)["golden_0.jpg"]
+    frame = cv2.imread(str(BUNDLE / "golden/golden_0.jpg"))
+    q = pipe.process(frame).cards[0].quad
+    c = q.mean(0)
+    bad = (c + (q - c) * np.array([[0.78, 0.9], [1.0, 0.8], [0.85, 1.0], [1.0, 1.0]], np.float32)).astype(np.float32)
+    bad += np.float32([8, 14])
+    passed = _Passed(bad, G.rectify(frame, bad), {}, False, None, "cnn", 0.8)
+    whole = pipe._read(frame, passed)[0]
+    th = pipe.thresholds
+    assert whole.score < th.confidence_min_score  # the bad corners read as no accept
+    out = pipe._split(frame, passed, whole)
+    assert out is not None and len(out) == 1
+    (p2, (m2, quad2, _, _)), = out
+    assert m2.card_ids[0] == card_id and m2.score > whole.score
+    assert G.quad_iou(quad2, q) > max(0.95, G.quad_iou(bad, q))

@@ -130,6 +130,7 @@ class StackTracker:
         # the same per evidence tier (``tier``): tier → (votes, best reading per identity)
         self._tiers: dict[int, tuple[dict[str | None, float], dict[str | None, tuple[float, SeenCard]]]] = {}
         self._counts: dict[str | None, int] = {}  # clean accepted readings per identity (the top tier)
+        self._reads: dict[str | None, int] = {}  # readings per identity, any tier
         self._top_n = 0  # … of the most read one
         self._streak: list[tuple[SeenCard, float]] = []  # consecutive frames disagreeing with the leader
         self._decided = False
@@ -165,7 +166,7 @@ class StackTracker:
         events: list[StackEvent] = []
         # a still window waiting for a clean frame that this frame ends is decided with what it has, before this
         # frame's evidence touches the stack (a card that only ever showed glare still counts, once)
-        if self._pending() and not self._continues(obs):
+        if self._pending() and not self._continues(obs) and self._decidable():
             self._decide(events)
         if obs.empty or self._cleared(obs):
             self._empty_n += 1
@@ -204,11 +205,18 @@ class StackTracker:
         score = max(float(conf if conf is not None else (getattr(top.result, "score", 1.0) or 1.0)), 0.0)
         if self._cand is None or quad_iou(top.quad, self._cand.quad) < self.cfg.stable_iou or self._resized(top, self._cand):
             self._new_window()
+        elif tier(top) == 0:
+            pass  # an ambiguous flagged reading (matched nothing, glare, pieces): neither for nor against a switch
         elif self._votes and top.card_id != max(self._votes, key=self._votes.get):
             self._streak.append((top, score))
             last = self._streak[-self.cfg.switch_frames:]
-            if len(last) == self.cfg.switch_frames and len({c.card_id for c, _ in last}) == 1:
-                if self._pending():
+            # all of them disagreeing with the leader, and two at least agreeing with each other: a card slid on
+            # top at the same place may be misread as its same-art reprint once (simulated stack seed 5009:
+            # gym1-63, gym2-64, gym1-63 never made three alike). The new window's decision still tells a new card
+            # from the same one lying there (``_decide``)
+            ids = [c.card_id for c, _ in last]
+            if len(last) == self.cfg.switch_frames and max(ids.count(i) for i in ids) >= 2:
+                if self._pending() and self._decidable():
                     self._decide(events)
                 self._new_window()
                 for c, sc in last[:-1]:
@@ -225,6 +233,13 @@ class StackTracker:
     def _pending(self) -> bool:
         """A stable window not decided yet (only soft-flagged frames so far, waiting for a clean one)."""
         return not self._decided and self._cand is not None and self._cand_n >= self.cfg.stable_frames
+
+    def _decidable(self) -> bool:
+        """A window that ends before it was ready is decided with what it has only when the identity it would
+        count was read at least twice: one reading among frames matching nothing (a card still moving) is no
+        card lying still — it would count a misread that the next window then counts again."""
+        votes, _ = self._tiers[max(self._tiers)]
+        return self._reads.get(max(votes, key=votes.get), 0) >= 2
 
     def _ready(self) -> bool:
         if self._cand_n < self.cfg.stable_frames:
@@ -286,11 +301,13 @@ class StackTracker:
         self._cand_n, self._votes, self._streak, self._decided = 0, {}, [], False
         self._tiers = {}
         self._counts = {}
+        self._reads = {}
         self._top_n = 0
 
     def _vote(self, c: SeenCard, score: float) -> None:
         self._cand_n += 1
         self._votes[c.card_id] = self._votes.get(c.card_id, 0.0) + score
+        self._reads[c.card_id] = self._reads.get(c.card_id, 0) + 1
         t = tier(c)
         votes, best = self._tiers.setdefault(t, ({}, {}))
         votes[c.card_id] = votes.get(c.card_id, 0.0) + score
