@@ -149,7 +149,7 @@ class Scan(BaseModel):
         "identified despite (glare | too_blurry | partially_out_of_view), low_score (a confident detection "
         "whose best match is below the no-card score) or pieces (one card read from pieces the detector cut "
         "apart); the device accepts such a scan only where its bundle's accept_flags name the flag (glare in "
-        "bundle demo-8). None when the frame was clean.",
+        "the demo bundle). None when the frame was clean.",
         pattern=r"^[a-z][a-z_]{0,31}$")
     bundle_version: str = Field("", description="Model/catalog bundle that produced the decision.", max_length=64)
     device_confidence: float | None = Field(

@@ -58,6 +58,20 @@ QUAD = np.array([[220, 90], [400, 100], [395, 350], [210, 340]], np.float32)
 # ----------------------------------------------------------------------------------------- geometry
 
 
+def test_letterbox_halving_a_big_frame_first_keeps_the_detector_input():
+    """A 1280×960 frame is halved before the resize into the detector (the faster path): the input stays within
+    one grey level of a direct area resize; a 640×480 frame is resized as before, bit for bit."""
+    from device.vision.detector import letterbox
+
+    rng = np.random.default_rng(3)
+    for size, tol in (((1280, 960), 1), ((640, 480), 0)):
+        frame = cv2.GaussianBlur(rng.integers(0, 256, (size[1], size[0], 3), np.uint8), (5, 5), 1.5)
+        x, s, off = letterbox(frame)
+        direct = cv2.resize(frame, INPUT_SIZE, interpolation=cv2.INTER_AREA)
+        assert s == INPUT_SIZE[0] / size[0] and off == (0.0, 0.0)
+        assert np.abs(x.astype(int) - direct.astype(int)).max() <= tol
+
+
 def test_rectify_of_a_big_card_area_averages_only_what_it_reads():
     """A card filling a 1280×960 frame (a scanner box at close range) goes through the area-averaged path,
     which resizes only the region the crop reads: the crop is the card, with and without a margin, also
@@ -447,13 +461,11 @@ def test_glared_capture_of_a_real_card_is_ambiguous_with_crop_and_reason():
         sure = g.confidence >= th.accept_confidence and g.score >= th.confidence_min_score
         assert g.quality_flag == "glare" and g.decision == ("accept" if sure else "ambiguous")
 
-    # a blown-out face is never accepted: the detector cuts it into pieces that match nothing, and what their
-    # outline still shows (``_merge``: here the right card, at a score below every accept) goes to the server
+    # a blown-out face (nothing left to identify) stays a reject — also the outline of the pieces the detector
+    # cuts it into (``_merge``)
     gone = pipe.process(overexposed(frame, 3.0))
-    assert not [x for x in gone.cards if x.decision == "accept"]
-    seen = [x for x in gone.cards if x.decision != "no_card"]
-    assert all(x.quality_flag == "pieces" and x.evidence is not None for x in seen)
-    assert seen or gone.reject_reason == "glare"
+    assert not [x for x in gone.cards if x.decision != "no_card"]
+    assert gone.reject_reason == "glare"
 
 
 @needs_bundle
@@ -623,7 +635,9 @@ def test_a_card_cut_into_pieces_is_read_from_their_outline():
     w = q[1] - q[0]
     beside = [np.array([p + w * k for p in halves[0]]) for k in (0, 1.05)]
     side = [_Passed(b.astype(np.float32), G.rectify(frame, b), {}, False, None, "cnn", 0.85) for b in beside]
-    assert pipe._merge(frame, side, {0: best[0], 1: best[1]}) is None
+    side_reads = {k: pipe._read(frame, p) for k, p in enumerate(side)}
+    assert all(r[0].score < pipe.thresholds.no_card_score for r in side_reads.values())
+    assert pipe._merge(frame, side, side_reads) is None
 
 
 @needs_bundle

@@ -44,6 +44,11 @@ class Thresholds:
     # soft gate failures the confidence rule still judges (its calibration held such cards); others never accept
     accept_flags: tuple[str, ...] = ()
 
+    @property
+    def accept_floor(self) -> float:
+        """The top-1 score below which no match is accepted, whatever its margin or confidence."""
+        return self.confidence_min_score if self.accept_confidence is not None else self.accept_score
+
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Thresholds":
         t = manifest["thresholds"]

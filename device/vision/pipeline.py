@@ -147,8 +147,10 @@ class VisionPipeline:
         self.gate = gate or GateConfig()
         self.max_cards = max_cards
         self.bundle_version = bundle_version
-        # a CNN detector is in use (the contour detector is then only its fallback)
-        self._cnn = isinstance(detector, TFLiteDetector) or getattr(detector, "cnn", None) is not None
+        # the CNN detector in use, if any (the contour detector is then only its fallback); its zoomed pass and
+        # edge snap serve the second looks (``_split``, ``_merge``)
+        self._cnn: TFLiteDetector | None = (detector if isinstance(detector, TFLiteDetector)
+                                            else getattr(detector, "cnn", None))
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, num_threads: int | None = None, public_key: str | None = None,
@@ -248,17 +250,15 @@ class VisionPipeline:
         """Pieces of a detection that is several touching or overlapping cards (``TFLiteDetector.separate``), read
         as cards: [(passed, read)] of the pieces that pass the gate (a sliver of a card under another is a
         too_small reject) when one of them at least matches better than the whole did, else None. One piece: the
-        same card seen closer, with finer corners (hand-held cards that matched nothing had a median quad IoU of
-        0.79 with the truth, accepted ones 0.99), which replaces the detection when it reads better. Only for a CNN
-        detection that matches no catalog card (score below no_card_score): it is either no card or several, and
-        the zoomed pass costs one more inference. (Below accept_score instead, the hand-held cards recovered were
-        the same 21 of the 45 missed at seed 900000, and the binder and hand-held bench frames paid 2–4 ms more.)"""
-        cnn = self.detector if isinstance(self.detector, TFLiteDetector) else getattr(self.detector, "cnn", None)
+        same card seen closer, with finer corners (the hand-held cards of ``models.eval.final`` that matched
+        nothing: median quad IoU 0.79 with the truth, accepted ones 0.99), which replaces the detection when it
+        reads better. Only for a CNN detection that cannot be accepted as it reads (score below the accept floor,
+        ``Thresholds.accept_floor``), and split into several only when it matched nothing (score below
+        no_card_score): the zoomed pass costs one more inference."""
         th = self.thresholds
-        floor = th.confidence_min_score if th.accept_confidence is not None else th.accept_score
-        if cnn is None or t.source != "cnn" or whole.score >= max(th.no_card_score, floor or 0.0):
+        if self._cnn is None or t.source != "cnn" or whole.score >= max(th.no_card_score, th.accept_floor):
             return None
-        pieces = cnn.separate(frame, t.quad)
+        pieces = self._cnn.separate(frame, t.quad)
         if not pieces or (len(pieces) >= 2 and whole.score >= th.no_card_score):
             return None  # a card that matched something is split only when it matched nothing
         out = []
@@ -287,7 +287,7 @@ class VisionPipeline:
             return None
         quad = portrait_quad(order_quad(cv2.boxPoints(rect)))
         info: dict = {"merged": len(low)}
-        cnn = self.detector if isinstance(self.detector, TFLiteDetector) else getattr(self.detector, "cnn", None)
+        cnn = self._cnn
         if cnn is not None and cnn.refine and cnn.edges is not None:
             quad, snap = cnn.edges.refine(frame, quad)
             info.update(snap)
@@ -357,7 +357,7 @@ class VisionPipeline:
                 conf = None if self.confidence is None else self.confidence(confidence_features(
                     m.score, m.margin, m.contest, height, q.get("sharpness"), q.get("glare")))
                 dec = decide(m, self.thresholds, height=height, confidence=conf, flag=flag)
-                if todo[i].source == "contour" and self._cnn and m.score < self.thresholds.accept_score:
+                if todo[i].source == "contour" and self._cnn is not None and m.score < self.thresholds.accept_score:
                     # the classical fallback where the CNN saw no card: on simulated captures it never once
                     # found a true card (≈ 5,500 cards, seed 900000) but fires on playmat prints and photo
                     # backgrounds, whose matches reach 0.45 — only a match as good as an accept makes it a card

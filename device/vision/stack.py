@@ -10,8 +10,8 @@ Rules (the scan counter, not the identifier, decides what a placement is):
 * readings are weighed by **tier** before votes: frames the device *accepted* (the calibrated rule, ≥ 99.9 %
   precise) outvote any number of frames it sent to the server as ambiguous — a card held still is misread the
   same way frame after frame (same pose, same blur), so repeated ambiguous readings are not independent
-  evidence (a simulated stack read sv7-110 as its same-art reprint sv7-162 in 4 of 7 frames, all ambiguous,
-  and the 3 accepted frames were right); within a tier clean frames outvote soft-flagged ones;
+  evidence (a simulated stack, bundle demo-8, read sv7-110 as its same-art reprint sv7-162 in 4 of 7 frames,
+  all ambiguous, and the 3 accepted frames were right); within a tier clean frames outvote soft-flagged ones;
 * a card identified despite a **soft** gate failure (glare, slight blur, a sliver out of view:
   ``SeenCard.flag``) counts like any other, but a clean accepted frame is preferred: while a still window
   holds none its decision waits up to ``soft_patience_frames`` more frames for one (the identity is then voted
@@ -91,6 +91,25 @@ class StackEvent:
 TOP_TIER = 3
 
 
+@dataclass
+class _Tally:
+    """Readings of one still window (or of one evidence tier of it), per identity."""
+
+    votes: dict[str | None, float] = field(default_factory=dict)  # summed confidences (or scores)
+    reads: dict[str | None, int] = field(default_factory=dict)  # how many readings
+    best: dict[str | None, tuple[float, SeenCard]] = field(default_factory=dict)  # the most confident one
+
+    def add(self, c: SeenCard, score: float) -> None:
+        self.votes[c.card_id] = self.votes.get(c.card_id, 0.0) + score
+        self.reads[c.card_id] = self.reads.get(c.card_id, 0) + 1
+        if c.card_id not in self.best or score > self.best[c.card_id][0]:
+            self.best[c.card_id] = (score, c)
+
+    @property
+    def leader(self) -> str | None:
+        return max(self.votes, key=self.votes.get)
+
+
 def tier(c: SeenCard) -> int:
     """How much one reading is worth: accepted and clean 3, accepted despite a soft flag 2, ambiguous and clean
     1, ambiguous and flagged 0. A reading without a decision (ground truth in tests) counts as accepted."""
@@ -106,8 +125,9 @@ class StackConfig:
     switch_frames: int = 3  # frames in a row with another identity at the same place: a new card on top
     arrival_shift: float = 0.15  # centre displacement (fraction of card height) that marks a moving card
     # a detection over the resting card with this much more area also marks one: a copy sliding on top of the
-    # same card merges with it into one bigger outline whose centre barely moves (simulated stacks: 1.15-1.35×
-    # the area at 0.06-0.08 of a height; a card lying still: ≤ 1.06×)
+    # same card merges with it into one bigger outline whose centre barely moves (bench stack seeds 5014, 5021,
+    # 5039: 1.14-1.22× the area, 0.06-0.10 of a height off; the same card lying still ≤ 1.06×; traced with
+    # ``tests/bench/bench_device.py --trace SEED``)
     arrival_grow: float = 0.12
     # a still window without a clean accepted frame (only glare, slight blur, a sliver out of view, or readings
     # the device would send to the server) waits this many frames more for one before it is decided with what
@@ -126,12 +146,8 @@ class StackTracker:
         self._arrival = False
         self._merged = False  # an outline over the resting card grew since the last decision (``_grown``)
         self._disp: list[float] = []  # displacements of moving cards since the last stable card
-        self._votes: dict[str | None, float] = {}  # identity votes (summed scores) of the current still window
-        # the same per evidence tier (``tier``): tier → (votes, best reading per identity)
-        self._tiers: dict[int, tuple[dict[str | None, float], dict[str | None, tuple[float, SeenCard]]]] = {}
-        self._counts: dict[str | None, int] = {}  # clean accepted readings per identity (the top tier)
-        self._reads: dict[str | None, int] = {}  # readings per identity, any tier
-        self._top_n = 0  # … of the most read one
+        self._all = _Tally()  # the readings of the current still window
+        self._tiers: dict[int, _Tally] = {}  # the same per evidence tier (``tier``)
         self._streak: list[tuple[SeenCard, float]] = []  # consecutive frames disagreeing with the leader
         self._decided = False
         self.counts: dict[str, int] = {}
@@ -166,8 +182,8 @@ class StackTracker:
         events: list[StackEvent] = []
         # a still window waiting for a clean frame that this frame ends is decided with what it has, before this
         # frame's evidence touches the stack (a card that only ever showed glare still counts, once)
-        if self._pending() and not self._continues(obs) and self._decidable():
-            self._decide(events)
+        if not self._decided and not self._continues(obs):
+            self._close(events)
         if obs.empty or self._cleared(obs):
             self._empty_n += 1
             if self._empty_n >= self.cfg.empty_frames and self.stack:
@@ -207,7 +223,7 @@ class StackTracker:
             self._new_window()
         elif tier(top) == 0:
             pass  # an ambiguous flagged reading (matched nothing, glare, pieces): neither for nor against a switch
-        elif self._votes and top.card_id != max(self._votes, key=self._votes.get):
+        elif self._all.votes and top.card_id != self._all.leader:
             self._streak.append((top, score))
             last = self._streak[-self.cfg.switch_frames:]
             # all of them disagreeing with the leader, and two at least agreeing with each other: a card slid on
@@ -216,8 +232,7 @@ class StackTracker:
             # from the same one lying there (``_decide``)
             ids = [c.card_id for c, _ in last]
             if len(last) == self.cfg.switch_frames and max(ids.count(i) for i in ids) >= 2:
-                if self._pending() and self._decidable():
-                    self._decide(events)
+                self._close(events)
                 self._new_window()
                 for c, sc in last[:-1]:
                     self._vote(c, sc)
@@ -230,16 +245,14 @@ class StackTracker:
         self._decide(events)
         return events
 
-    def _pending(self) -> bool:
-        """A stable window not decided yet (only soft-flagged frames so far, waiting for a clean one)."""
-        return not self._decided and self._cand is not None and self._cand_n >= self.cfg.stable_frames
-
-    def _decidable(self) -> bool:
-        """A window that ends before it was ready is decided with what it has only when the identity it would
-        count was read at least twice: one reading among frames matching nothing (a card still moving) is no
-        card lying still — it would count a misread that the next window then counts again."""
-        votes, _ = self._tiers[max(self._tiers)]
-        return self._reads.get(max(votes, key=votes.get), 0) >= 2
+    def _close(self, events: list[StackEvent]) -> None:
+        """A window that ends before it was ready (still waiting for a clean accepted frame) is decided with
+        what it has — when it was stable long enough and the identity it would count was read at least twice:
+        one reading among frames matching nothing (a card still moving) is no card lying still, and it would
+        count a misread that the next window then counts again."""
+        if (not self._decided and self._cand is not None and self._cand_n >= self.cfg.stable_frames
+                and self._all.reads.get(self._tiers[max(self._tiers)].leader, 0) >= 2):
+            self._decide(events)
 
     def _ready(self) -> bool:
         if self._cand_n < self.cfg.stable_frames:
@@ -247,7 +260,8 @@ class StackTracker:
         # one clean accepted frame in a window that began with frames matching nothing (the card still sliding
         # in) is not yet a card lying still: wait for a second one (simulated stack seed 5015: a lone accepted
         # frame named the same-art reprint, the next three named the card)
-        return (self._top_n >= min(2, self.cfg.stable_frames)
+        top = self._tiers.get(TOP_TIER)
+        return ((top is not None and max(top.reads.values()) >= min(2, self.cfg.stable_frames))
                 or self._cand_n >= self.cfg.stable_frames + self.cfg.soft_patience_frames)
 
     def _cleared(self, obs: Observation) -> bool:
@@ -282,8 +296,8 @@ class StackTracker:
         tier (accepted over ambiguous, clean over flagged), and the recorded result is that identity's most
         confident reading in the tier."""
         self._decided = True
-        votes, best = self._tiers[max(self._tiers)]
-        c = best[max(votes, key=votes.get)][1]
+        chosen = self._tiers[max(self._tiers)]
+        c = chosen.best[chosen.leader][1]
         if not self.stack:
             events.append(self._count("placed", c))
         elif c.card_id == self.stack[-1].card_id and not (self._arrival or self._merged):
@@ -298,24 +312,12 @@ class StackTracker:
         self._disp = []
 
     def _new_window(self) -> None:
-        self._cand_n, self._votes, self._streak, self._decided = 0, {}, [], False
-        self._tiers = {}
-        self._counts = {}
-        self._reads = {}
-        self._top_n = 0
+        self._cand_n, self._all, self._tiers, self._streak, self._decided = 0, _Tally(), {}, [], False
 
     def _vote(self, c: SeenCard, score: float) -> None:
         self._cand_n += 1
-        self._votes[c.card_id] = self._votes.get(c.card_id, 0.0) + score
-        self._reads[c.card_id] = self._reads.get(c.card_id, 0) + 1
-        t = tier(c)
-        votes, best = self._tiers.setdefault(t, ({}, {}))
-        votes[c.card_id] = votes.get(c.card_id, 0.0) + score
-        if t == TOP_TIER:
-            self._counts[c.card_id] = self._counts.get(c.card_id, 0) + 1
-            self._top_n = max(self._counts.values())
-        if c.card_id not in best or score > best[c.card_id][0]:
-            best[c.card_id] = (score, c)
+        self._all.add(c, score)
+        self._tiers.setdefault(tier(c), _Tally()).add(c, score)
 
     def _departing(self) -> bool:
         """The last moving card went away from the resting place (its displacement grew at the end): a card

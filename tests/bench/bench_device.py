@@ -3,6 +3,7 @@ the counter-scan count on simulated stack sequences, using the *device* pipeline
 
     .venv/bin/python tests/bench/bench_device.py [--bundle models/bundles/demo] [--frames 200] [--threads 1]
         [--catalog var/catalog] [--stacks 3] [--frame-size 1280x960] [--max-separate N]
+    .venv/bin/python tests/bench/bench_device.py --trace 5014      # one stack sequence, frame by frame
 
 * latency: median / p90 ms of detect, embed, match, total over simulated 640×480 captures (free + grid;
   ``--frame-size 1280x960`` for the appliance's picamera2 default mode, the resize into the detector is then
@@ -10,7 +11,10 @@ the counter-scan count on simulated stack sequences, using the *device* pipeline
 * memory: peak RSS (``/proc/self/status`` VmHWM) of a fresh process that loaded the bundle and processed the
   frames (read from JPEG files written beforehand), goal ≤ 300 MB;
 * stack: ``models.synth.stack`` sequences → appliance stack logic → per-card counts vs ground truth (exact
-  or not: needs every placement counted *and* identified right) and the number of placements alone.
+  or not: needs every placement counted *and* identified right) and the number of placements alone;
+* ``--trace SEED``: one stack sequence (seed 5000 + k is the bench's k-th) printed frame by frame — the phase,
+  the cards on the mat with their visible share, what the device read (card, decision, score, flag; area
+  relative to the resting card and centre shift in its heights), and the tracker's events.
 
 Frames come from ``models.synth`` (seeded); without a rendered catalog (``--catalog``) synthetic card faces
 are used for latency/RSS and the stack part is skipped. Accuracy lives in ``python -m models.vision_eval``.
@@ -105,15 +109,54 @@ def latency(args) -> dict:
     return out
 
 
-def stack(args) -> dict:
-    if not (args.catalog and Path(args.catalog, "index.jsonl").is_file()) or args.stacks <= 0:
-        return {"skipped": "no rendered catalog (--catalog)"}
+def _sequence(args, seed: int, ids: list[str]):
     import cv2
 
+    from models.synth.stack import StackConfig, simulate_stack
+
+    rng = np.random.default_rng(seed)
+    chosen = [ids[int(j)] for j in rng.choice(len(ids), 8, replace=False)]
+    images = {c: cv2.imread(str(Path(args.catalog) / f"{c}.jpg")) for c in chosen}
+    return simulate_stack(images, args.placements, rng, StackConfig(p_same_again=0.25, p_slide_on_top=0.25))
+
+
+def trace(args) -> int:
+    from device.vision.geometry import quad_iou
     from device.vision.pipeline import VisionPipeline
     from device.vision.stack import Observation, StackTracker
     from models.synth.dataset import catalog_ids
-    from models.synth.stack import StackConfig, simulate_stack
+
+    pipe = VisionPipeline.from_bundle(args.bundle, args.threads)
+    if args.max_separate is not None:
+        pipe.max_separate = args.max_separate
+    seq = _sequence(args, args.trace, catalog_ids(args.catalog))
+    tr = StackTracker()
+    for i, (frame, label) in enumerate(seq.frames()):
+        res = pipe.process(frame)
+        obs = Observation.from_frame_result(res)
+        rest = tr.stack[-1] if tr.stack else None
+        reads = []
+        for c in obs.cards + obs.others:
+            r = c.result
+            row = [c.card_id, getattr(r, "decision", "rejected"), round(getattr(r, "score", 0.0), 3), c.flag]
+            if rest is not None:
+                shift = float(np.linalg.norm(c.quad.mean(0) - rest.quad.mean(0))) / max(rest.height, 1.0)
+                row += [f"area×{c.area / max(rest.area, 1e-6):.3f}", f"shift {shift:.3f}",
+                        f"iou {quad_iou(c.quad, rest.quad):.2f}"]
+            reads.append(row)
+        events = [(e.kind, e.card_id) for e in tr.update(obs)]
+        truth = [(c["card_id"], round(c["visible"], 2)) for c in label["cards"]]
+        print(i, label["phase"], truth, "|", reads, "|", events)
+    print("counted", tr.counts, "truth", seq.counts)
+    return 0
+
+
+def stack(args) -> dict:
+    if not (args.catalog and Path(args.catalog, "index.jsonl").is_file()) or args.stacks <= 0:
+        return {"skipped": "no rendered catalog (--catalog)"}
+    from device.vision.pipeline import VisionPipeline
+    from device.vision.stack import Observation, StackTracker
+    from models.synth.dataset import catalog_ids
 
     pipe = VisionPipeline.from_bundle(args.bundle, args.threads)
     if args.max_separate is not None:
@@ -124,10 +167,7 @@ def stack(args) -> dict:
     decisions: dict[str, int] = {}  # the decision recorded for each counted card (what the outbox gets)
     wrong: dict[str, int] = {}  # … of them naming another printing than the card on top in that frame
     for s in range(args.stacks):
-        rng = np.random.default_rng(5000 + s)
-        chosen = [ids[int(j)] for j in rng.choice(len(ids), 8, replace=False)]
-        images = {c: cv2.imread(str(Path(args.catalog) / f"{c}.jpg")) for c in chosen}
-        seq = simulate_stack(images, args.placements, rng, StackConfig(p_same_again=0.25, p_slide_on_top=0.25))
+        seq = _sequence(args, 5000 + s, ids)
         tr = StackTracker()
         for frame, label in seq.frames():
             t0 = time.perf_counter()
@@ -171,9 +211,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "var/reports/bench_device.json"), help="JSON report")
     ap.add_argument("--max-separate", type=int, default=None, metavar="N",
                     help="zoomed second passes for merged cards per frame (default: the pipeline's; 0 = none)")
+    ap.add_argument("--trace", type=int, metavar="SEED", help="print one stack sequence frame by frame, then stop")
     ap.add_argument("--_child", choices=["latency", "stack"], help=argparse.SUPPRESS)
     ap.add_argument("--frames-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.trace is not None:
+        return trace(args)
     if args._child:
         print(json.dumps(latency(args) if args._child == "latency" else stack(args)))
         return 0
