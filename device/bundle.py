@@ -132,6 +132,12 @@ class DetectorSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     input_size: int | tuple[int, int] = Field(description="Square side or (height, width) of the detector input.")
+    closer: int = Field(0, ge=0, le=9, description="How many of a frame's biggest detections may get a closer look "
+                        "(a second, zoomed inference on each that the input saw small; its pieces replace it: "
+                        "overlapping cards seen as one come apart). 0: one pass (bundles before demo-10).")
+    closer_min_zoom: float = Field(1.0, ge=0.5, description="A detection gets its closer look only when the zoomed "
+                                   "pass sees it at least this many times larger than the first pass did (a card "
+                                   "that already fills the frame gains nothing from it).")
 
 
 class BundleManifest(BaseModel):

@@ -35,6 +35,7 @@ from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrai
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
 OUTPUT_STRIDE = 4
 KERNEL_SHRINK = 0.6
+CLOSER_ASPECT_TOL = 0.1  # side ratio within this of CARD_ASPECT: one card's shape (or two side by side), no closer look
 FACE_GROW = -0.5  # input pixels added around a fitted face region (the predicted face is slightly fat); tuned on simulated captures
 REJECT_REASONS = ("no_card", "too_small", "partially_out_of_view", "occluded", "too_blurry", "glare")
 
@@ -262,6 +263,25 @@ def split_kernels(lab: np.ndarray, keep: list[int], stats: np.ndarray, min_px: i
     return lab, out
 
 
+def side_ratio(quad: np.ndarray) -> float:
+    """Shorter over longer of a quad's mean opposite side lengths (a card: 0.714, whichever way it lies)."""
+    q = np.asarray(quad, np.float32)
+    a = float(np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
+    b = float(np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    return min(a, b) / max(a, b, 1e-6)
+
+
+def _a_pile(whole: np.ndarray, pieces: list[np.ndarray]) -> bool:
+    """Do ``pieces`` of a detection ``whole`` look like overlapping cards rather than one card cut up? A pile
+    has a card on top: one piece of a card's shape that takes a good part (≥ 40 %) of the whole. A card cut by a
+    finger falls into pieces of other shapes (hand-held simulated captures); what is left — two card-shaped
+    halves of a tilted card — the pipeline still reads whole when that reads better
+    (``VisionPipeline._reunite``)."""
+    area = max(abs(float(cv2.contourArea(whole))), 1e-6)
+    return any(abs(side_ratio(p) - CARD_ASPECT) <= CLOSER_ASPECT_TOL and abs(float(cv2.contourArea(p))) >= 0.4 * area
+               for p in pieces)
+
+
 def _one_card_shape(pts: np.ndarray, area: int, tol: float = 0.07, min_fill: float = 0.5) -> bool:
     """Is a pinched kernel component one card rather than two cards' kernels joined? A real card's art
     window and text box can come out as two kernel lobes, but their minimum-area rectangle keeps the card's
@@ -380,14 +400,21 @@ def _poly_mean(img: np.ndarray, poly: np.ndarray) -> float:
 class TFLiteDetector(Detector):
     """The bundle's int8 CNN (``detector.tflite``).
 
-    One pass on the whole frame (letterboxed to 160×120). Optional second pass (``zoom_cards`` > 0): when
-    the frame holds at most that many cards, another inference on a crop around each. Off by default: on
-    simulated captures it lowered the median corner error a little but not top-1 (measured 0.76 vs 0.79
-    identified top-1 with/without), and it costs one more inference per card."""
+    One pass on the whole frame (letterboxed to 160×120). A *closer look* (``closer`` > 0, the bundle's
+    ``detector.closer``): of the ``closer`` biggest detections, each that is no card's shape (a pile of overlapping
+    cards seen as one blob, mostly) and that a zoomed pass would see larger (by ``closer_min_zoom``) gets a second
+    inference on a crop around it; when that finds a pile in it (``_a_pile``), the cards found replace it, each
+    remembering the detection it came from (``info["whole"]``, for ``VisionPipeline._reunite``). Real
+    playing-card photos and simulated fans of Pokémon cards, docs/device-vision.md. A card-shaped detection, as
+    every card in a scanner box, never pays for it. Optional older second pass (``zoom_cards`` > 0): when the frame
+    holds at most that many cards, a zoomed corner refinement of each. Off by default: on simulated captures it
+    lowered the median corner error a little but not top-1 (measured 0.76 vs 0.79 identified top-1
+    with/without)."""
 
     def __init__(self, model_path: str, num_threads: int | None = None, kernel_thresh: float = 0.5,
                  refine: bool = True, zoom_cards: int = 0, zoom_margin: float = 0.3, split: bool = True,
-                 edges: EdgeModel | None = None):
+                 edges: EdgeModel | None = None, closer: int = 0, closer_min_zoom: float = 1.0,
+                 closer_margin: float = 0.15):
         from device.vision.runtime import TFLiteModel
 
         self.model = TFLiteModel(model_path, num_threads)
@@ -397,6 +424,9 @@ class TFLiteDetector(Detector):
         self.zoom_cards = zoom_cards
         self.zoom_margin = zoom_margin
         self.split = split
+        self.closer = closer
+        self.closer_min_zoom = closer_min_zoom
+        self.closer_margin = closer_margin
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         rgb = x[..., ::-1]
@@ -409,14 +439,23 @@ class TFLiteDetector(Detector):
         x, s, off = letterbox(frame)
         return self._run(x), s, off
 
+    @staticmethod
+    def _zoom_scale(q: np.ndarray, margin: float) -> float:
+        """Input pixels per frame pixel of a pass that fills the input with ``q``'s bounding box (``margin`` of
+        it added on each side)."""
+        W, H = INPUT_SIZE
+        x0, y0 = q.min(0)
+        x1, y1 = q.max(0)
+        cw, ch = (x1 - x0) * (1 + 2 * margin), (y1 - y0) * (1 + 2 * margin)
+        return min(W / max(cw, 1.0), H / max(ch, 1.0))
+
     def _zoomed(self, frame: np.ndarray, q: np.ndarray, margin: float) -> list[Detection]:
         """Detections of a pass on the frame around ``q``'s bounding box (``margin`` of it on each side), scaled
         to fill the input: an axis-aligned scale + shift (input = frame·s + off), decoded in frame coordinates."""
         W, H = INPUT_SIZE
         x0, y0 = q.min(0)
         x1, y1 = q.max(0)
-        cw, ch = (x1 - x0) * (1 + 2 * margin), (y1 - y0) * (1 + 2 * margin)
-        s = min(W / max(cw, 1.0), H / max(ch, 1.0))
+        s = self._zoom_scale(q, margin)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         off = (W / 2 - cx * s, H / 2 - cy * s)
         m = np.array([[s, 0, off[0]], [0, s, off[1]]], np.float32)
@@ -431,16 +470,43 @@ class TFLiteDetector(Detector):
         (``info["split"]`` when there are two or more); the caller decides whether they read better than the
         one (``VisionPipeline._split``; hand-held cards missed at seed 900000: 45 → 27 of 714,
         docs/device-vision.md)."""
+        dets = self._pieces(frame, quad, margin)
+        for d in dets:
+            if self.refine and self.edges is not None:
+                d.quad, info = self.edges.refine(frame, d.quad)
+                d.info.update(info)
+        return dets
+
+    def _pieces(self, frame: np.ndarray, quad: np.ndarray, margin: float) -> list[Detection]:
+        """The zoomed pass's detections centred inside ``quad`` (not edge-snapped), marked ``split`` when there
+        are two or more and ``refocused`` when one."""
         q = np.asarray(quad, np.float32)
         poly = q.reshape(-1, 1, 2)
         dets = [d for d in self._zoomed(frame, q, margin)
                 if cv2.pointPolygonTest(poly, tuple(float(v) for v in d.quad.mean(0)), False) >= 0]
         for d in dets:
-            if self.refine and self.edges is not None:
-                d.quad, info = self.edges.refine(frame, d.quad)
-                d.info.update(info)
             d.info["split" if len(dets) >= 2 else "refocused"] = True
         return dets
+
+    def _look_closer(self, frame: np.ndarray, first: Detection, scale: float) -> list[Detection]:
+        """``first`` or, when it may be several cards and the input saw it small, the cards a zoomed pass finds in
+        it (see the class).
+
+        A card-shaped detection stays as it is: two cards side by side make a blob of a card's shape too (a card's
+        half has nearly a card's aspect, 2.5 × 1.75), and the zoomed pass cut single cards into their art window
+        and text box now and then, which nothing in the pieces' geometry tells from two cards. Nor does one piece
+        replace the detection: the zoomed pass's corners of a single card read no better than the first pass's
+        (worse on simulated binder pages)."""
+        if abs(side_ratio(first.quad) - CARD_ASPECT) <= CLOSER_ASPECT_TOL:
+            return [first]
+        if self._zoom_scale(first.quad, self.closer_margin) < self.closer_min_zoom * scale:
+            return [first]
+        pieces = self._pieces(frame, first.quad, self.closer_margin)
+        if len(pieces) < 2 or not _a_pile(first.quad, [p.quad for p in pieces]):
+            return [first]
+        for p in pieces:  # the pipeline may still read the whole better (VisionPipeline._reunite)
+            p.info["whole"] = first
+        return pieces
 
     def zoom(self, frame: np.ndarray, det: Detection) -> Detection | None:
         """Second pass on a crop around ``det``, whose best match replaces it (finer corners)."""
@@ -464,21 +530,10 @@ class TFLiteDetector(Detector):
         return best
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
-        h = frame.shape[0]
-        if h > frame.shape[1]:
-            # portrait frame (a phone photo, 3:4): letterboxed as is it fills only 56 % of the landscape
-            # input's width; turned a quarter it is seen at 1.33× the scale (real test photos: mean box IoU
-            # 0.54 → 0.62 with the same model)
-            rot = np.ascontiguousarray(np.rot90(frame, -1))  # clockwise: rot (x', y') = frame (y', h−1−x')
-            dets = self._detect(rot)
-            for d in dets:  # a rotation keeps the corner order (TL, TR, BR, BL of the card)
-                d.quad = np.stack([d.quad[:, 1], h - 1 - d.quad[:, 0]], 1).astype(np.float32)
-            return dets
-        return self._detect(frame)
-
-    def _detect(self, frame: np.ndarray) -> list[Detection]:
-        maps, s, off = self.maps(frame)
-        dets = decode_maps(maps, s, off, None, self.kernel_thresh, split=self.split)
+        dets, s = self._first_pass(frame)
+        if self.closer > 0 and dets:  # biggest first
+            dets = [p for d in dets[:self.closer] for p in self._look_closer(frame, d, s)] + dets[self.closer:]
+            dets.sort(key=lambda d: -abs(cv2.contourArea(d.quad)))
         for i, d in enumerate(dets if len(dets) <= self.zoom_cards else []):
             z = self.zoom(frame, d)
             if z is not None:
@@ -494,6 +549,22 @@ class TFLiteDetector(Detector):
             for d in dets:
                 d.quad = refine_quad(gray, d.quad)
         return dets
+
+    def _first_pass(self, frame: np.ndarray) -> tuple[list[Detection], float]:
+        """The whole frame's detections (not edge-snapped, frame coordinates) and the input's scale."""
+        h = frame.shape[0]
+        if h > frame.shape[1]:
+            # portrait frame (a phone photo, 3:4): letterboxed as is it fills only 56 % of the landscape
+            # input's width; turned a quarter it is seen at 1.33× the scale (real test photos: mean box IoU
+            # 0.54 → 0.62 with the same model). Everything after this pass works on the frame as it is.
+            rot = np.ascontiguousarray(np.rot90(frame, -1))  # clockwise: rot (x', y') = frame (y', h−1−x')
+            maps, s, off = self.maps(rot)
+            dets = decode_maps(maps, s, off, None, self.kernel_thresh, split=self.split)
+            for d in dets:  # a rotation keeps the corner order (TL, TR, BR, BL of the card)
+                d.quad = np.stack([d.quad[:, 1], h - 1 - d.quad[:, 0]], 1).astype(np.float32)
+            return dets, s
+        maps, s, off = self.maps(frame)
+        return decode_maps(maps, s, off, None, self.kernel_thresh, split=self.split), s
 
 
 class ContourDetector(Detector):

@@ -50,6 +50,7 @@ class _Passed(NamedTuple):
     flag: str | None  # soft gate failure, None = clean
     source: str  # cnn | contour
     score: float  # the detection's confidence
+    whole: Detection | None = None  # the first-pass detection this is a piece of (``TFLiteDetector.closer``)
 
 
 @dataclass
@@ -163,7 +164,9 @@ class VisionPipeline:
         cnn = None
         if detector in ("auto", "cnn") and (d / "detector.tflite").is_file():
             cnn = TFLiteDetector(str(d / "detector.tflite"), num_threads,
-                                 kernel_thresh=float(det_spec.get("kernel_threshold", 0.5)), edges=EdgeModel.load(d))
+                                 kernel_thresh=float(det_spec.get("kernel_threshold", 0.5)), edges=EdgeModel.load(d),
+                                 closer=int(det_spec.get("closer", 0)),
+                                 closer_min_zoom=float(det_spec.get("closer_min_zoom", 1.0)))
         if detector == "cnn" and cnn is None:
             raise FileNotFoundError(f"{d}/detector.tflite")
         det = ContourDetector() if detector == "contour" else CombinedDetector(cnn)
@@ -222,7 +225,7 @@ class VisionPipeline:
         if flag == "partially_out_of_view":
             quality["inside"] = round(inside_fraction(det.quad, frame.shape), 3)
         unsure = det.source == "contour" or det.info.get("top_margin", 1.0) < 0.15
-        return _Passed(det.quad, crop, quality, unsure, flag, det.source, det.score)
+        return _Passed(det.quad, crop, quality, unsure, flag, det.source, det.score, det.info.get("whole"))
 
     @staticmethod
     def _readings(frame: np.ndarray, t: _Passed) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -256,8 +259,9 @@ class VisionPipeline:
         ``Thresholds.accept_floor``), and split into several only when it matched nothing (score below
         no_card_score): the zoomed pass costs one more inference."""
         th = self.thresholds
-        if self._cnn is None or t.source != "cnn" or whole.score >= max(th.no_card_score, th.accept_floor):
-            return None
+        if (self._cnn is None or t.source != "cnn" or t.whole is not None
+                or whole.score >= max(th.no_card_score, th.accept_floor)):
+            return None  # (a piece of the detector's own closer look: that was this same zoomed pass)
         pieces = self._cnn.separate(frame, t.quad)
         if not pieces or (len(pieces) >= 2 and whole.score >= th.no_card_score):
             return None  # a card that matched something is split only when it matched nothing
@@ -302,6 +306,32 @@ class VisionPipeline:
             return None
         return low, passed, read
 
+    def _reunite(self, frame: np.ndarray, wholes: dict[int, Detection], todo: list[_Passed], best: dict) -> None:
+        """The detector's closer look took a detection apart into overlapping cards (``TFLiteDetector.closer``),
+        which it tells from one card cut up by a finger or at its text box by shape alone. The catalog can tell
+        better: when no piece reads well enough to be accepted and the whole reads better than every piece, the
+        whole (edge-snapped) replaces them, in ``todo`` / ``best``. Costs one warp + embed + match per taken-apart
+        detection that read badly."""
+        for whole in wholes.values():
+            idx = [i for i in best if todo[i].whole is whole]
+            if any(best[i][0].score >= self.thresholds.accept_floor for i in idx):
+                continue
+            det = Detection(whole.quad.copy(), whole.score, "cnn", whole.solidity, dict(whole.info))
+            cnn = self._cnn
+            if cnn is not None and cnn.refine and cnn.edges is not None:
+                det.quad, snap = cnn.edges.refine(frame, det.quad)
+                det.info.update(snap)
+            passed = self._gate(frame, det)
+            if passed is None:
+                continue
+            read = self._read(frame, passed)
+            if idx and read[0].score <= max(best[i][0].score for i in idx):
+                continue
+            for i in idx:
+                del best[i]
+            todo.append(passed)
+            best[len(todo) - 1] = read
+
     def process(self, frame: np.ndarray) -> FrameResult:
         t0 = time.perf_counter()
         dets: list[Detection] = self.detector.detect(frame)[: self.max_cards]
@@ -310,7 +340,10 @@ class VisionPipeline:
         cards: list[CardResult] = []
         rejected: list[tuple[np.ndarray, str]] = []
         todo: list[_Passed] = []
+        wholes: dict[int, Detection] = {}  # detections the closer look took apart, by id
         for det in dets:
+            if "whole" in det.info:
+                wholes[id(det.info["whole"])] = det.info["whole"]
             passed = self._gate(frame, det, rejected)
             if passed is not None:
                 todo.append(passed)
@@ -341,6 +374,8 @@ class VisionPipeline:
                     for passed, read in pieces:
                         todo.append(passed)
                         best[len(todo) - 1] = read
+            if wholes:
+                self._reunite(frame, wholes, todo, best)
             merged = self._merge(frame, todo, best)
             if merged is not None:
                 pieces, passed, read = merged

@@ -30,7 +30,7 @@ import numpy as np
 
 from device.vision.detector import INPUT_SIZE, KERNEL_SHRINK, OUTPUT_STRIDE, letterbox
 from models.synth.capture import CaptureConfig
-from models.synth.dataset import catalog_ids, make_frame
+from models.synth.dataset import catalog_ids, make_foreign_frame, make_frame
 
 OUT_SIZE = (INPUT_SIZE[0] // OUTPUT_STRIDE, INPUT_SIZE[1] // OUTPUT_STRIDE)
 PHOTOS = "/work/shared/data/TensorFlow-Object-Detection-API-Tutorial-Train-Multiple-Objects-Windows-10/images"
@@ -108,11 +108,16 @@ def targets_from_quads(cards: list[dict], z_order: list[int], s: float, off: tup
 
 
 def sim_item(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    catalog_dir, ids, seed, index, cfg = args
-    frame, labels = make_frame(catalog_dir, ids, seed, index, cfg)
+    catalog_dir, ids, seed, index, cfg, foreign = args
+    if foreign:
+        frame, labels = make_foreign_frame(seed, index, cfg)
+    else:
+        frame, labels = make_frame(catalog_dir, ids, seed, index, cfg)
     x, s, off = letterbox(frame)
     z = [c["index"] for c in labels["params"]["cards"]]
     y, w = targets_from_quads(labels["cards"], z, s, off)
+    if foreign:
+        w[2] = 0  # playing cards and backs look (nearly) the same both ways up: no orientation supervision
     return x, y, w
 
 
@@ -232,18 +237,20 @@ def build_photos(out: str, seed: int, repeats: int = 3, corner_ignore: bool = Tr
 
 
 def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6,
-          real_frac: float = 0.25, fan_frac: float = 0.0) -> dict:
+          real_frac: float = 0.25, fan_frac: float = 0.0, foreign_frac: float = 0.0, p_shadow: float = 0.0) -> dict:
     """``real_frac`` of the simulated frames show only the real sv1 scans (rounded corners, silver borders,
     real print texture): the renders alone under-represent what real cards look like. ``fan_frac`` of them
     are fan-mode captures (2-5 overlapping cards: spread / fanned hand / pile, ``CaptureConfig.fan_layouts``);
-    0 keeps the old mix frame for frame."""
+    ``foreign_frac`` of them show non-catalog card faces instead (``models.synth.foreign``: playing cards and
+    backs, rounded corners; no orientation target), drawn independently of the mode; ``p_shadow`` is
+    ``CaptureConfig.p_shadow``. 0, 0 and 0 keep the old mix frame for frame."""
     t0 = time.time()
     ids = catalog_ids(catalog_dir)
     from models.synth.catalog import read_index
 
     idx = read_index(catalog_dir)
     real_ids = [c for c in ids if idx.get(c, {}).get("real_scan")] or ids
-    base = CaptureConfig(size=(320, 240))
+    base = CaptureConfig(size=(320, 240), p_shadow=p_shadow)
     cfgs = [base.model_copy(update={"mode": "free"}), base.model_copy(update={"mode": "grid"}),
             base.model_copy(update={"mode": "scanner_box"}), base.model_copy(update={"mode": "fan"})]
     # free 55 % (with neighbours), grid 30 %, scanner box 15 % (of the frames that are not fan frames)
@@ -251,7 +258,9 @@ def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo
     mode_of = lambda i: (cfgs[3] if (i * 104729 + 17) % n < n_fan else
                          cfgs[0] if i % 20 < 11 else (cfgs[1] if i % 20 < 17 else cfgs[2]))
     n_real = int(round(n * real_frac))
-    jobs = [(catalog_dir, real_ids if (i * 7919) % n < n_real else ids, seed, i, mode_of(i)) for i in range(n)]
+    n_foreign = int(round(n * foreign_frac))
+    jobs = [(catalog_dir, real_ids if (i * 7919) % n < n_real else ids, seed, i, mode_of(i),
+             (i * 65537 + 3) % n < n_foreign) for i in range(n)]
     with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         items = pool.map(sim_item, jobs, chunksize=32)
     rng = np.random.default_rng(seed)
@@ -279,10 +288,14 @@ if __name__ == "__main__":
     ap.add_argument("--photo-repeats", type=int, default=6, help="augmented copies of each TRAIN photo")
     ap.add_argument("--real-frac", type=float, default=0.25, help="share of simulated frames with only real sv1 scans")
     ap.add_argument("--fan-frac", type=float, default=0.0, help="share of simulated frames in fan mode (overlapping cards)")
+    ap.add_argument("--foreign-frac", type=float, default=0.0,
+                    help="share of simulated frames with non-catalog faces (playing cards, backs)")
+    ap.add_argument("--p-shadow", type=float, default=0.0, help="CaptureConfig.p_shadow (cards cast drop shadows)")
     ap.add_argument("--photos-only", action="store_true",
                     help="only the TRAIN photos, boxes as octagon-with-ignored-corners targets (fine-tuning)")
     a = ap.parse_args()
     if a.photos_only:
         print(json.dumps(build_photos(a.out, a.seed, a.photo_repeats)))
     else:
-        print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers, a.photo_repeats, a.real_frac, a.fan_frac)))
+        print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers, a.photo_repeats, a.real_frac, a.fan_frac,
+                               a.foreign_frac, a.p_shadow)))

@@ -27,7 +27,7 @@ from device.vision.detector import refine_quad
 from device.vision.edges import EdgeModel, feature_count, features, side_profiles
 from device.vision.geometry import quad_iou
 from models.synth.capture import CaptureConfig
-from models.synth.dataset import make_frame
+from models.synth.dataset import make_foreign_frame, make_frame
 
 SEED = 5_200_000  # training frames; evaluation uses 900000+, development 761000+, calibration 950000+
 MODES = (("free", 0.4), ("scanner_box", 0.4), ("grid", 0.2))
@@ -52,15 +52,22 @@ def _in_frame(q: np.ndarray, w: int, h: int) -> bool:
 
 
 def collect(detector, catalog: str, ids: list[str], n: int, seed: int, radius: int, half: int, samples: int,
-            jitter: float = 0.02) -> tuple[np.ndarray, np.ndarray, list]:
-    """(profiles [N, 2(radius+half)+1, 3] float16, targets [N] in positions, per-card records for evaluation)."""
+            jitter: float = 0.02, foreign_frac: float = 0.0) -> tuple[np.ndarray, np.ndarray, list]:
+    """(profiles [N, 2(radius+half)+1, 3] float16, targets [N] in positions, per-card records for evaluation).
+    ``foreign_frac`` of the frames show non-catalog faces (``models.synth.foreign``: white playing cards with
+    rounded corners, backs) and cast shadows, hand-held or overlapping: the outline of a card that is not a
+    Pokémon card (the real photos the detector is measured on)."""
     rng = np.random.default_rng(seed)
     vals_all, tgt_all, cards = [], [], []
     for i in range(n):
         r = rng.random()
         mode = "free" if r < MODES[0][1] else "scanner_box" if r < MODES[0][1] + MODES[1][1] else "grid"
         size = (1280, 960) if rng.random() < 0.2 else (640, 480)
-        frame, labels = make_frame(catalog, ids, seed, i, CaptureConfig(size=size, mode=mode))
+        if foreign_frac > 0 and rng.random() < foreign_frac:
+            cfg = CaptureConfig(size=size, mode="fan" if rng.random() < 0.5 else "free", p_shadow=0.7)
+            frame, labels = make_foreign_frame(seed, i, cfg)
+        else:
+            frame, labels = make_frame(catalog, ids, seed, i, CaptureConfig(size=size, mode=mode))
         detector.refine = False
         dets = detector.detect(frame)
         detector.refine = True
@@ -147,7 +154,8 @@ def corner_report(model: EdgeModel, cards: list) -> dict:
 
 def build(detector_tflite: str | Path, catalog: str | Path, out: str | Path, frames: int = 2400,
           held_out: int = 300, radius: int = 24, half_window: int = 5, samples: int = 16, hidden: int = 32,
-          steps: int = 3000, batch: int = 512, lr: float = 3e-3, seed: int = SEED, threads: int = 2) -> Path:
+          steps: int = 3000, batch: int = 512, lr: float = 3e-3, seed: int = SEED, threads: int = 2,
+          foreign_frac: float = 0.0) -> Path:
     """Train on captures with ``detector_tflite``'s quads → ``out/detector_edges.npz`` (+ ``report.json``)."""
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     import torch
@@ -161,7 +169,8 @@ def build(detector_tflite: str | Path, catalog: str | Path, out: str | Path, fra
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    vals, tgt, _ = collect(det, str(catalog), ids, frames, seed, radius, half_window, samples)
+    vals, tgt, _ = collect(det, str(catalog), ids, frames, seed, radius, half_window, samples,
+                           foreign_frac=foreign_frac)
     _, _, held = collect(det, str(catalog), ids, held_out, seed + 1_000_000, radius, half_window, samples)
     print(f"{len(vals)} profiles from {frames} frames in {time.time() - t0:.0f} s", flush=True)
     model = train(vals, tgt, radius, half_window, hidden, steps, batch, lr, seed)
@@ -190,10 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--foreign-frac", type=float, default=0.0,
+                    help="share of training frames with non-catalog faces (playing cards, backs; collect())")
     ap.add_argument("--out", default="var/train/edges")
     a = ap.parse_args(argv)
     build(Path(a.bundle) / "detector.tflite", a.catalog, a.out, a.frames, a.held_out, a.radius, a.half_window,
-          a.samples, a.hidden, a.steps, a.batch, a.lr, a.seed, a.threads)
+          a.samples, a.hidden, a.steps, a.batch, a.lr, a.seed, a.threads, a.foreign_frac)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                     "bundle's own (with --recalibrate: re-derive the thresholds of the bundle as it is)")
     ap.add_argument("--edges", default=None, help="new detector_edges.npz (models.detector.edges) to add or replace; "
                     "train it on the detector the bundle will have")
+    ap.add_argument("--closer", type=int, default=None, help="set the manifest's detector.closer (how many "
+                    "detections a frame may look at closer; device.bundle.DetectorSpec); default: keep it")
+    ap.add_argument("--closer-min-zoom", type=float, default=None, help="set detector.closer_min_zoom; default: keep it")
     ap.add_argument("--bundle", default="models/bundles/demo")
     ap.add_argument("--catalog", default="var/catalog", help="for regenerated goldens / recalibration")
     ap.add_argument("--recalibrate", action="store_true")
@@ -77,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     fields["created"] = man.created
     if a.version:
         fields["version"] = a.version
+    if a.closer is not None or a.closer_min_zoom is not None:
+        fields["detector"] = dict(fields["detector"])
+        if a.closer is not None:
+            fields["detector"]["closer"] = a.closer
+        if a.closer_min_zoom is not None:
+            fields["detector"]["closer_min_zoom"] = a.closer_min_zoom
     work = bundle.with_name(bundle.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -65,6 +65,9 @@ class CaptureConfig(BaseModel):
     max_defocus_sigma: float = Field(2.5, ge=0, description="Largest defocus sigma, pixels at 640 px width.")
     p_fingers: float = Field(0.25, ge=0, le=1, description="Probability that fingers partially occlude the (first) card.")
     p_neighbours: float = Field(0.3, ge=0, le=1, description="Probability (CLI free mode) of 1-2 extra cards overlapping the main one.")
+    p_shadow: float = Field(0.0, ge=0, le=1, description="Probability that a card casts a soft drop shadow on "
+                            "what lies under it (a card on another card shows its edge as a thin shadow line). 0 "
+                            "keeps the frames of earlier datasets and evaluations seed for seed.")
     light_gradient: tuple[float, float] = Field((0.0, 0.45), description="Strength range of the smooth illumination gradient (0 = flat).")
     brightness: tuple[float, float] = Field((0.65, 1.25), description="Global exposure gain range.")
     colour_temperature: tuple[float, float] = Field((-0.25, 0.25), description="Warm(-)/cool(+) white-balance shift range.")
@@ -205,12 +208,15 @@ def polygon_area(quad: np.ndarray) -> float:
 
 
 def _wrap_object(card: np.ndarray, holder: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The card plus its holder as (BGR image, alpha float32, face corners in object pixels)."""
+    """The card plus its holder as (BGR image, alpha float32, face corners in object pixels). A BGRA ``card``
+    (``models.synth.foreign``: rounded corners) keeps its own alpha; catalog images are BGR rectangles."""
     ch, cw = card.shape[:2]
+    card_alpha = np.ones((ch, cw), np.float32)
+    if card.ndim == 3 and card.shape[2] == 4:
+        card, card_alpha = np.ascontiguousarray(card[..., :3]), card[..., 3].astype(np.float32) / 255.0
     if holder == "none":
-        alpha = np.ones((ch, cw), np.float32)
         face = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
-        return card, alpha, face
+        return card, card_alpha, face
     if holder == "sleeve":
         m, top, edge_a, tint = int(cw * 0.03), int(cw * 0.06), 0.28, 235
     elif holder == "toploader":
@@ -222,7 +228,8 @@ def _wrap_object(card: np.ndarray, holder: str, rng: np.random.Generator) -> tup
     cv2.rectangle(img, (0, 0), (W, H), (tint, tint, tint), -1)
     img[top:top + ch, m:m + cw] = card
     alpha = np.full((H, W), edge_a, np.float32)
-    alpha[top:top + ch, m:m + cw] = 1.0
+    alpha[top:top + ch, m:m + cw] = np.maximum(card_alpha, edge_a)
+    img[top:top + ch, m:m + cw][card_alpha < 0.5] = tint  # the holder's plastic shows at rounded corners
     if holder == "toploader":  # rigid plastic: a visible edge line
         cv2.rectangle(img, (2, 2), (W - 3, H - 3), (250, 250, 250), max(2, cw // 80))
         cv2.rectangle(alpha, (2, 2), (W - 3, H - 3), 0.7, max(2, cw // 80))
@@ -265,6 +272,25 @@ def _composite(frame: np.ndarray, obj: np.ndarray, alpha: np.ndarray, dst_quad_o
     a = cv2.warpPerspective(alpha, Hm, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     roi = frame[y0:y1, x0:x1]
     roi[:] = cv2.blendLinear(warped, roi, a, 1.0 - a)
+
+
+def _shadow(frame: np.ndarray, alpha: np.ndarray, dst_quad_obj: np.ndarray, rng: np.random.Generator) -> None:
+    """Darken ``frame`` under a blurred, slightly offset copy of the object's outline (a light from above and
+    to one side): on the table it is barely seen, on a white card below it is the only trace of the edge."""
+    diag = float(np.linalg.norm(dst_quad_obj[2] - dst_quad_obj[0]))
+    shift = rng.uniform(-0.012, 0.012, 2) * diag
+    blur = float(rng.uniform(0.003, 0.012)) * diag
+    strength = float(rng.uniform(0.15, 0.5))
+    m = np.ones(frame.shape[:2], np.float32)
+    shadow = np.zeros(frame.shape[:2], np.float32)
+    oh, ow = alpha.shape[:2]
+    src = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
+    Hm = cv2.getPerspectiveTransform(src, (dst_quad_obj + shift).astype(np.float32))
+    cv2.warpPerspective(alpha, Hm, (frame.shape[1], frame.shape[0]), shadow, cv2.INTER_LINEAR,
+                        cv2.BORDER_CONSTANT, 0)
+    shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.5, blur))
+    m -= strength * shadow
+    frame[:] = np.clip(frame.astype(np.float32) * m[..., None], 0, 255).astype(np.uint8)
 
 
 def _face_to_frame(obj_shape: tuple[int, int], face_obj: np.ndarray, obj_quad: np.ndarray) -> np.ndarray:
@@ -569,6 +595,8 @@ def simulate_capture(card_images: list[np.ndarray], card_ids: list[str], rng: np
             pts = np.vstack([outline, face_local])
             proj = project_plane(pts, pl["center"], pl["rot"], pl["tilt"][0], pl["tilt"][1], gp["focal"])
         obj_quad, face_quad = proj[:4], proj[4:]
+        if cfg.p_shadow > 0 and rng.random() < cfg.p_shadow:
+            _shadow(frame, alpha, obj_quad, rng)
         _composite(frame, obj, alpha, obj_quad)
         cv2.fillConvexPoly(label, np.round(face_quad * ls * 16).astype(np.int32), i + 1, cv2.LINE_8, 4)
         faces[i] = face_quad

@@ -70,6 +70,17 @@ def make_frame(catalog_dir: str, ids: list[str], seed: int, index: int, cfg: Cap
     return simulate_capture(imgs, chosen, rng, cfg)
 
 
+def make_foreign_frame(seed: int, index: int, cfg: CaptureConfig) -> tuple[np.ndarray, dict]:
+    """Like ``make_frame``, with non-catalog card faces (``models.synth.foreign``: playing cards, card backs)
+    instead of catalog images; their ids are ``foreign-N``. Its own random stream, so frame ``index`` of a
+    catalog dataset and of a foreign one differ."""
+    from models.synth.foreign import foreign_card
+
+    rng = np.random.default_rng([seed, index, 0xF0])
+    chosen = pick_cards(rng, [f"foreign-{j}" for j in range(9)], cfg)
+    return simulate_capture([foreign_card(rng) for _ in chosen], chosen, rng, cfg)
+
+
 _W: dict = {}
 
 

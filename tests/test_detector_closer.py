@@ -1,0 +1,119 @@
+"""The detector's closer look (``TFLiteDetector.closer``): a detection that may be several cards gets a second,
+zoomed inference whose pieces replace it; one card stays one card, and a card that fills the frame costs nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from device.vision.detector import Detection, TFLiteDetector
+from device.vision.edges import EdgeModel
+from models.vision_eval import box_iou
+
+BUNDLE = Path(__file__).resolve().parents[1] / "models" / "bundles" / "demo"
+PHOTOS = "TensorFlow-Object-Detection-API-Tutorial-Train-Multiple-Objects-Windows-10/images"
+
+
+def _cnn(**kw) -> TFLiteDetector:
+    return TFLiteDetector(str(BUNDLE / "detector.tflite"), 1, edges=EdgeModel.load(BUNDLE), **kw)
+
+
+def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def test_the_demo_bundle_looks_closer():
+    import json
+
+    spec = json.loads((BUNDLE / "manifest.json").read_text())["detector"]
+    assert spec["closer"] >= 1
+
+
+def test_only_a_blob_that_is_no_card_shape_is_taken_apart(monkeypatch):
+    """The rule on top of the zoomed pass: a card-shaped detection stays one card (its halves have nearly a
+    card's aspect too, so pieces could be either), one piece never replaces a detection, and a blob of two
+    overlapping cards is replaced by the cards the zoomed pass finds in it."""
+    det = _cnn(closer=4, closer_min_zoom=1.0)
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    card = Detection(_rect(300, 200, 350, 270))  # 50 × 70: a card
+    halves = [Detection(_rect(300, 200, 350, 235)), Detection(_rect(300, 235, 350, 270))]
+    looked = []
+    monkeypatch.setattr(det, "_pieces", lambda *a: looked.append(1) or halves)
+    assert _same(det._look_closer(frame, card, 0.25), [card]) and not looked  # not even looked at: no cost
+    pair = Detection(_rect(300, 200, 375, 270))  # two cards, the second over the first's right half
+    cards = [Detection(_rect(300, 200, 350, 270)), Detection(_rect(325, 200, 375, 270))]
+    monkeypatch.setattr(det, "_pieces", lambda *a: cards)
+    assert _same(det._look_closer(frame, pair, 0.25), cards)
+    monkeypatch.setattr(det, "_pieces", lambda *a: cards[:1])
+    assert _same(det._look_closer(frame, pair, 0.25), [pair])
+    monkeypatch.setattr(det, "_pieces", lambda *a: cards)
+    assert _same(det._look_closer(frame, pair, 2.0), [pair])  # the first pass saw it as large already: no gain
+
+
+def test_a_card_filling_the_frame_costs_one_inference():
+    """Scanner-box frames (the golden images: one card at the box's fixed distance) run the model once."""
+    det = _cnn(closer=4)
+    calls = []
+    run = det._run
+    det._run = lambda x: calls.append(1) or run(x)
+    for p in sorted((BUNDLE / "golden").glob("*.jpg")):
+        calls.clear()
+        dets = det.detect(cv2.imread(str(p)))
+        assert len(dets) == 1 and len(calls) == 1, p.name
+
+
+@pytest.mark.parametrize("name", ["IMG_2595.JPG", "IMG_2651.JPG", "IMG_2654.JPG"])
+def test_overlapping_real_cards_come_apart(shared_data, name):
+    """Real photos of overlapping playing cards that the first pass sees as one blob: the closer look returns
+    more cards, and their boxes fit the labelled ones (visible parts) better."""
+    from models.detector.data import photo_boxes
+
+    img = cv2.imread(str(shared_data / PHOTOS / "test" / name))
+    if img is None:
+        pytest.skip(f"{name} not in the shared data")
+    gts = photo_boxes("test")[name]
+
+    def mean_iou(dets):
+        boxes = [(d.quad[:, 0].min(), d.quad[:, 1].min(), d.quad[:, 0].max(), d.quad[:, 1].max()) for d in dets]
+        return float(np.mean([max([box_iou(b, g) for b in boxes], default=0.0) for g in gts]))
+
+    once = _cnn(closer=0).detect(img)
+    closer = _cnn(closer=4).detect(img)
+    assert len(once) < len(gts) <= len(closer) + 1
+    assert any(d.info.get("split") for d in closer)
+    assert mean_iou(closer) > mean_iou(once) + 0.1
+
+
+def test_a_card_taken_apart_by_mistake_is_read_whole():
+    """When the closer look takes one card apart (a finger across it, its text box), no piece reads as a
+    catalog card, and the whole does: the pipeline reads and reports the whole (``VisionPipeline._reunite``)."""
+    import json
+
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    detect = pipe.detector.detect
+
+    def cut_in_two(frame):
+        dets = detect(frame)
+        out = []
+        for d in dets:
+            q = d.quad
+            mid_l, mid_r = (q[0] + q[3]) / 2, (q[1] + q[2]) / 2
+            for half in (np.array([q[0], q[1], mid_r, mid_l]), np.array([mid_l, mid_r, q[2], q[3]])):
+                out.append(Detection(half.astype(np.float32), d.score, "cnn", 1.0, {"split": True, "whole": d}))
+        return out
+
+    pipe.detector.detect = cut_in_two
+    expected = json.loads((BUNDLE / "golden" / "expected.json").read_text())
+    for name, card_id in expected.items():
+        res = pipe.process(cv2.imread(str(BUNDLE / "golden" / name)))
+        named = [c for c in res.cards if c.decision != "no_card"]
+        assert len(named) == 1 and named[0].card_id == card_id, name

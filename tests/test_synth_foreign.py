@@ -1,0 +1,77 @@
+"""Non-catalog card faces for the detector (playing cards, backs; rounded corners) and cards' drop shadows."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from models.synth.capture import CaptureConfig, _shadow, simulate_capture
+from models.synth.foreign import KINDS, SIZE, foreign_card
+from tests.test_synth_overlap import CLEAN
+
+
+def test_foreign_faces_are_cards_with_rounded_corners():
+    rng = np.random.default_rng(3)
+    for kind in KINDS:
+        c = foreign_card(rng, kind)
+        assert c.shape == (SIZE[1], SIZE[0], 4) and c.dtype == np.uint8
+        a = c[..., 3]
+        assert a[0, 0] == 0 and a[-1, -1] == 0 and a[0, -1] == 0 and a[-1, 0] == 0  # the corners are cut
+        assert (a[SIZE[1] // 2, :] == 255).all() and (a[:, SIZE[0] // 2] == 255).all()  # the edges are not
+        assert 0.97 < (a > 127).mean() < 0.999
+    # the same generator state draws the same face
+    assert np.array_equal(foreign_card(np.random.default_rng(5)), foreign_card(np.random.default_rng(5)))
+    # pips of a 7 and a court card's picture differ from a blank card: there is a face to see
+    assert foreign_card(np.random.default_rng(1), "pips")[..., :3].std() > 10
+
+
+def test_rounded_corner_shows_what_lies_under_it():
+    """A BGRA card keeps its alpha through the capture: at a rounded corner the background shows, inside the
+    face the card does."""
+    card = np.dstack([np.zeros((504, 360, 3), np.uint8), np.full((504, 360), 255, np.uint8)])
+    from models.synth.foreign import rounded_alpha
+
+    card[..., 3] = rounded_alpha(360, 504, 40)
+    cfg = CaptureConfig(mode="scanner_box", scanner_box_rotation_deg=0, scanner_box_tilt_deg=0, backgrounds=["noise"],
+                        **CLEAN)
+    frame, lab = simulate_capture([card], ["x"], np.random.default_rng(0), cfg)
+    q = np.array(lab["cards"][0]["quad"], np.float32)
+    tl, c = q[0], q.mean(0)
+    inward = (c - tl) / np.linalg.norm(c - tl)
+    corner_px = frame[tuple(np.round(tl + 2 * inward).astype(int)[::-1])]
+    centre_px = frame[tuple(np.round(c).astype(int)[::-1])]
+    assert centre_px.max() < 30  # the black card face
+    assert corner_px.max() > 40  # the (non-black) background through the cut corner
+
+
+def test_default_capture_draws_no_shadow_and_old_frames_stay():
+    """p_shadow defaults to 0: no extra random draws, so every earlier dataset and evaluation keeps its frames."""
+    cards = [np.full((504, 360, 3), 200, np.uint8)]
+    a, _ = simulate_capture(cards, ["x"], np.random.default_rng(7), CaptureConfig())
+    b, _ = simulate_capture(cards, ["x"], np.random.default_rng(7), CaptureConfig(p_shadow=0.0))
+    assert np.array_equal(a, b)
+
+
+def test_shadow_darkens_beside_the_card_only():
+    frame = np.full((200, 200, 3), 220, np.uint8)
+    quad = np.array([[60, 50], [140, 50], [140, 160], [60, 160]], np.float32)
+    alpha = np.ones((504, 360), np.float32)
+    _shadow(frame, alpha, quad, np.random.default_rng(0))
+    assert frame[5, 5].tolist() == [220, 220, 220]  # far from the card: untouched
+    assert frame[100, 100].max() < 200  # under the card (hidden by it once it is drawn)
+    ring = np.concatenate([frame[45:49, 60:140].reshape(-1, 3), frame[162:166, 60:140].reshape(-1, 3),
+                           frame[50:160, 55:59].reshape(-1, 3), frame[50:160, 141:145].reshape(-1, 3)])
+    assert (ring < 219).sum() >= 20  # the shadow reaches past the edge on the side away from the light
+
+
+def test_detector_data_with_foreign_faces_has_no_orientation_target(tmp_path):
+    """Foreign frames supervise face and kernel like any capture but not the top half (playing cards look the
+    same both ways up)."""
+    from models.detector.data import sim_item
+
+    cfg = CaptureConfig(size=(320, 240), mode="fan", p_shadow=1.0)
+    x, y, w = sim_item((None, None, 11, 3, cfg, True))
+    assert x.shape == (120, 160, 3)
+    assert (w[2] == 0).all() and (w[:2] == 1).all()
+    assert (y[0] > 127).sum() > 20 and (y[1] > 127).sum() > 5  # cards and their kernels are there
+    cv2.imwrite(str(tmp_path / "x.png"), x)  # a real image, not an empty array
