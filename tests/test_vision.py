@@ -593,14 +593,14 @@ def test_touching_cards_merged_by_the_first_pass_are_separated(shared_data):
             pytest.skip(f"real sv1 scans missing under {cards}")
         frame, quads = _touching_pair(*imgs)
         first = pipe.detector.detect(frame)
-        if not (len(first) == 1 and all(G.quad_iou(first[0].quad, q) < 0.5 for q in quads)):
-            continue  # not merged: nothing to separate
-        merged += 1
-        res = pipe.process(frame)
+        merged += len(first) == 1 and all(G.quad_iou(first[0].quad, q) < 0.5 for q in quads)
+        res = pipe.process(frame)  # every pair is read as its two cards, merged by the detector or not
         for cid, q in zip(ids, quads):
             best = max(res.cards, key=lambda c: G.quad_iou(c.quad, q))
             assert G.quad_iou(best.quad, q) >= 0.75 and best.candidates[0][0] == cid, (ids, cid)
-    assert merged >= 3  # the case this test is about: the first pass merges such pairs (5 of 5 with demo-8)
+    # the case this test is about: a pair the detector returns as one (5 of 5 with demo-8's detector; demo-10's,
+    # trained on overlapping cards, separates 4 of the 5 itself)
+    assert merged >= 1
 
 
 @needs_bundle
