@@ -463,29 +463,39 @@ class TFLiteDetector(Detector):
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
         return decode_maps(self._run(x), s, off, None, self.kernel_thresh, split=self.split)
 
-    def separate(self, frame: np.ndarray, quad: np.ndarray, margin: float = 0.15) -> list[Detection]:
+    def separate(self, frame: np.ndarray, quad: np.ndarray, margin: float = 0.15, score: float = 1.0) -> list[Detection]:
         """A second look at a detection that read badly, zoomed on ``quad`` (2–3× the scale): touching or
         overlapping cards the first pass merged into one come apart there, and a single card's corners come out
         finer. Returns the zoomed pass's detections centred inside ``quad``, edge-snapped like the first pass's
-        (``info["split"]`` when there are two or more); the caller decides whether they read better than the
+        (``info["split"]`` when there are two or more), scores capped at ``score`` (``_pieces``); the caller decides whether they read better than the
         one (``VisionPipeline._split``; hand-held cards missed at seed 900000: 45 → 27 of 714,
         docs/device-vision.md)."""
-        dets = self._pieces(frame, quad, margin)
+        dets = self._pieces(frame, quad, margin, score)
         for d in dets:
-            if self.refine and self.edges is not None:
-                d.quad, info = self.edges.refine(frame, d.quad)
-                d.info.update(info)
+            self.snap(frame, d)
         return dets
 
-    def _pieces(self, frame: np.ndarray, quad: np.ndarray, margin: float) -> list[Detection]:
+    def snap(self, frame: np.ndarray, det: Detection) -> Detection:
+        """Snap ``det``'s quad onto the card's outline with the bundle's edge model (in place; no edge model or
+        ``refine`` off: unchanged). The one place every detection and second look is edge-snapped."""
+        if self.refine and self.edges is not None:
+            det.quad, info = self.edges.refine(frame, det.quad)
+            det.info.update(info)
+        return det
+
+    def _pieces(self, frame: np.ndarray, quad: np.ndarray, margin: float, score: float = 1.0) -> list[Detection]:
         """The zoomed pass's detections centred inside ``quad`` (not edge-snapped), marked ``split`` when there
-        are two or more and ``refocused`` when one."""
+        are two or more and ``refocused`` when one. Their scores are capped at ``score``, the confidence of the
+        detection looked at: a closer look sharpens corners and parts cards, it is no evidence that a card is there
+        (zoomed on an empty playmat's printed card zone that the first pass found at 0.78, it saw a card at 0.92;
+        the soft gate and the low_score path rely on the score)."""
         q = np.asarray(quad, np.float32)
         poly = q.reshape(-1, 1, 2)
         dets = [d for d in self._zoomed(frame, q, margin)
                 if cv2.pointPolygonTest(poly, tuple(float(v) for v in d.quad.mean(0)), False) >= 0]
         for d in dets:
             d.info["split" if len(dets) >= 2 else "refocused"] = True
+            d.score = min(d.score, score)
         return dets
 
     def _look_closer(self, frame: np.ndarray, first: Detection, scale: float) -> list[Detection]:
@@ -501,7 +511,7 @@ class TFLiteDetector(Detector):
             return [first]
         if self._zoom_scale(first.quad, self.closer_margin) < self.closer_min_zoom * scale:
             return [first]
-        pieces = self._pieces(frame, first.quad, self.closer_margin)
+        pieces = self._pieces(frame, first.quad, self.closer_margin, first.score)
         if len(pieces) < 2 or not _a_pile(first.quad, [p.quad for p in pieces]):
             return [first]
         for p in pieces:  # the pipeline may still read the whole better (VisionPipeline._reunite)
@@ -542,8 +552,7 @@ class TFLiteDetector(Detector):
                 dets[i] = z
         if self.refine and self.edges is not None:
             for d in dets:
-                d.quad, info = self.edges.refine(frame, d.quad)
-                d.info.update(info)
+                self.snap(frame, d)
         elif self.refine:
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             for d in dets:
@@ -668,10 +677,10 @@ class GateConfig(BaseModel):
     soft_max_glare_frac: float = Field(0.85, ge=0, le=1, description="glare is soft up to this blown-out fraction; "
                                        "above it the card face is gone and the crop is a reject.")
     soft_min_detection_score: float = Field(0.8, ge=0, le=1, description="Soft failures need a confident CNN "
-                                            "detection (mean kernel probability ≥ this; ≥ 99 % of true cards' "
-                                            "detections on simulated captures, with the demo-9 and demo-10 "
-                                            "detectors alike; an empty playmat's printed card zone reached 0.78 "
-                                            "with demo-10); contour fallbacks never pass a failed gate.")
+                                            "detection (mean kernel probability ≥ this); contour fallbacks never "
+                                            "pass a failed gate. 0.8 since bundle demo-10 (0.75 before): its "
+                                            "detector found an empty playmat's printed card zone at 0.78 "
+                                            "(docs/device-vision.md).")
     unmatched_to_server: bool = Field(True, description="A clean, confident CNN detection (mean kernel "
                                       "probability ≥ soft_min_detection_score) whose best match is below "
                                       "no_card_score goes to the server as ambiguous (quality_flag low_score) "

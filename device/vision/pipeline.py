@@ -260,13 +260,9 @@ class VisionPipeline:
         no_card_score): the zoomed pass costs one more inference."""
         th = self.thresholds
         if (self._cnn is None or t.source != "cnn" or t.whole is not None
-                or whole.score >= max(th.no_card_score, th.accept_floor)
-                or (whole.score < th.no_card_score and t.score < self.gate.soft_min_detection_score)):
-            # (a piece of the detector's own closer look: that was this same zoomed pass). A detection the
-            # detector was unsure of that matches nothing is no card: looked at closer, a playmat's printed
-            # card zone came out as a confident card (tests/test_vision.py, empty frames)
-            return None
-        pieces = self._cnn.separate(frame, t.quad)
+                or whole.score >= max(th.no_card_score, th.accept_floor)):
+            return None  # (a piece of the detector's own closer look: that was this same zoomed pass)
+        pieces = self._cnn.separate(frame, t.quad, score=t.score)
         if not pieces or (len(pieces) >= 2 and whole.score >= th.no_card_score):
             return None  # a card that matched something is split only when it matched nothing
         out = []
@@ -295,11 +291,10 @@ class VisionPipeline:
             return None
         quad = portrait_quad(order_quad(cv2.boxPoints(rect)))
         info: dict = {"merged": len(low)}
-        cnn = self._cnn
-        if cnn is not None and cnn.refine and cnn.edges is not None:
-            quad, snap = cnn.edges.refine(frame, quad)
-            info.update(snap)
-        passed = self._gate(frame, Detection(quad, max(todo[i].score for i in low), "cnn", 1.0, info))
+        det = Detection(quad, max(todo[i].score for i in low), "cnn", 1.0, info)
+        if self._cnn is not None:
+            self._cnn.snap(frame, det)
+        passed = self._gate(frame, det)
         if passed is None:
             return None
         # a rectangle has no top side: both readings. Flagged ``pieces``: the confidence was never calibrated on
@@ -321,10 +316,8 @@ class VisionPipeline:
             if any(best[i][0].score >= self.thresholds.accept_floor for i in idx):
                 continue
             det = Detection(whole.quad.copy(), whole.score, "cnn", whole.solidity, dict(whole.info))
-            cnn = self._cnn
-            if cnn is not None and cnn.refine and cnn.edges is not None:
-                det.quad, snap = cnn.edges.refine(frame, det.quad)
-                det.info.update(snap)
+            if self._cnn is not None:
+                self._cnn.snap(frame, det)
             passed = self._gate(frame, det)
             if passed is None:
                 continue

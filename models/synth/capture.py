@@ -281,16 +281,13 @@ def _shadow(frame: np.ndarray, alpha: np.ndarray, dst_quad_obj: np.ndarray, rng:
     shift = rng.uniform(-0.012, 0.012, 2) * diag
     blur = float(rng.uniform(0.003, 0.012)) * diag
     strength = float(rng.uniform(0.15, 0.5))
-    m = np.ones(frame.shape[:2], np.float32)
-    shadow = np.zeros(frame.shape[:2], np.float32)
     oh, ow = alpha.shape[:2]
     src = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
     Hm = cv2.getPerspectiveTransform(src, (dst_quad_obj + shift).astype(np.float32))
-    cv2.warpPerspective(alpha, Hm, (frame.shape[1], frame.shape[0]), shadow, cv2.INTER_LINEAR,
-                        cv2.BORDER_CONSTANT, 0)
+    shadow = cv2.warpPerspective(alpha, Hm, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.5, blur))
-    m -= strength * shadow
-    frame[:] = np.clip(frame.astype(np.float32) * m[..., None], 0, 255).astype(np.uint8)
+    frame[:] = np.clip(frame * (1.0 - strength * shadow)[..., None], 0, 255).astype(np.uint8)
 
 
 def _face_to_frame(obj_shape: tuple[int, int], face_obj: np.ndarray, obj_quad: np.ndarray) -> np.ndarray:
