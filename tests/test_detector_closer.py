@@ -117,3 +117,34 @@ def test_a_card_taken_apart_by_mistake_is_read_whole():
         res = pipe.process(cv2.imread(str(BUNDLE / "golden" / name)))
         named = [c for c in res.cards if c.decision != "no_card"]
         assert len(named) == 1 and named[0].card_id == card_id, name
+
+
+def test_a_zoomed_pass_fits_only_the_cards_it_looks_at(shared_data, monkeypatch):
+    """``decode_maps(around=…)``: a zoomed pass skips fitting the neighbours it sees at the crop's border, and
+    keeps exactly the pieces it kept when it fitted everything (real photo, every first-pass detection)."""
+    import device.vision.detector as detector_mod
+
+    img = cv2.imread(str(shared_data / PHOTOS / "test" / "IMG_2557.JPG"))
+    if img is None:
+        pytest.skip("IMG_2557.JPG not in the shared data")
+    det = _cnn(closer=0)
+    fits = []
+    fit = detector_mod.fit_quad
+    monkeypatch.setattr(detector_mod, "fit_quad", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    everything, looked = 0, 0
+    for d in det.detect(img):
+        q = d.quad
+        poly = q.reshape(-1, 1, 2)
+        fits.clear()
+        all_dets = det._zoomed(img, q, 0.15)
+        everything += len(fits)
+        fits.clear()
+        near = det._zoomed(img, q, 0.15, around=q)
+        looked += len(fits)
+
+        def inside(ds):
+            return [x.quad.tolist() for x in ds
+                    if cv2.pointPolygonTest(poly, tuple(float(v) for v in x.quad.mean(0)), False) >= 0]
+
+        assert inside(near) == inside(all_dets)
+    assert looked < everything

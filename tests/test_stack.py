@@ -326,3 +326,18 @@ def test_a_card_slid_on_top_at_the_same_place_counts_despite_one_reprint_misread
     ev = feed(t, empty() + entering() + below + junk + top + empty(3))
     assert t.counts == {"pop9-6": 1, "gym1-63": 1}
     assert [e.kind for e in ev if e.kind != "removed"] == ["placed", "slid_on_top"]
+
+
+def test_a_card_lying_still_misread_as_another_for_the_server_is_not_a_new_card():
+    """Bench stack seed 5033: a card slid onto the stack was read (ambiguous) as itself twice, then four frames in a
+    row as its same-name neighbour, still ambiguous, without moving. The sustained switch starts a new still
+    window; with no arrival seen since the card was counted and no reading the device would accept, that window is
+    the same card misread — not one more card. An accepted identity at the same place still counts (the unseen
+    slide of ``test_card_slid_on_top_at_the_same_place_without_seen_motion_counts``)."""
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    below = [read("swsh10-205", "accept", 0.95, i) for i in range(5)]
+    top = [read("sm11-237", "ambiguous", 0.74, 10 + i) for i in range(2)]
+    misread = [read("sm11-214", "ambiguous", 0.69, 20 + i) for i in range(4)]
+    ev = feed(t, empty() + entering() + below + entering("swsh10-205") + top + misread + empty(3))
+    assert t.counts == {"swsh10-205": 1, "sm11-237": 1}
+    assert [e.kind for e in ev if e.kind != "removed"] == ["placed", "slid_on_top"]

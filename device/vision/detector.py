@@ -175,35 +175,35 @@ def fit_quad(mask: np.ndarray, iterations: int = 2) -> np.ndarray | None:
         return None
     q = order_quad(cv2.boxPoints(cv2.minAreaRect(cnt.reshape(-1, 1, 2))).astype(np.float32))
     for _ in range(iterations):
-        sides = []
-        for i in range(4):
-            a, b = q[i], q[(i + 1) % 4]
-            d = b - a
-            ln = float(np.linalg.norm(d))
-            if ln < 2:
-                return q
-            u = d / ln
-            rel = cnt - a
-            sides.append((a, u, ln, rel @ u, rel[:, 0] * u[1] - rel[:, 1] * u[0]))
-        dist = np.abs(np.stack([s_[4] for s_ in sides], 1))  # points × sides
+        # all four sides at once (points × sides): this runs for every detection of every frame
+        d = np.roll(q, -1, axis=0) - q
+        lens = np.sqrt((d * d).sum(1))
+        if lens.min() < 2:
+            return q
+        u = d / lens[:, None]
+        rel = cnt[:, None, :] - q[None]  # [N, 4, 2]
+        t = (rel * u[None]).sum(-1)
+        dist = np.abs(rel[..., 0] * u[None, :, 1] - rel[..., 1] * u[None, :, 0])
         near = dist.argmin(1)
+        sel_all = (t > 0.1 * lens) & (t < 0.9 * lens)
         lines = []
-        for i, (a, u, ln, t, _) in enumerate(sides):
-            sel = (near == i) & (t > 0.1 * ln) & (t < 0.9 * ln)
-            if sel.sum() < 4:
-                lines.append((a, u))
+        for i in range(4):
+            sel = (near == i) & sel_all[:, i]
+            if np.count_nonzero(sel) < 4:
+                lines.append((q[i], u[i]))
                 continue
             vx, vy, x0, y0 = cv2.fitLine(cnt[sel].reshape(-1, 1, 2), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
             lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
         new = q.copy()
+        diag = np.sqrt(((np.roll(q, -2, axis=0) - q) ** 2).sum(1))
         for i in range(4):
             (p1, d1), (p2, d2) = lines[(i - 1) % 4], lines[i]
             den = d1[0] * d2[1] - d1[1] * d2[0]
             if abs(den) < 1e-3:
                 continue
-            t = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
-            x = p1 + t * d1
-            if np.linalg.norm(x - q[i]) < 0.3 * np.linalg.norm(q[(i + 2) % 4] - q[i]):
+            t_ = ((p2[0] - p1[0]) * d2[1] - (p2[1] - p1[1]) * d2[0]) / den
+            x = p1 + t_ * d1
+            if np.linalg.norm(x - q[i]) < 0.3 * diag[i]:
                 new[i] = x
         q = new
     return q
@@ -301,14 +301,16 @@ def _nearest_part(lab: np.ndarray, keep: list[int]) -> np.ndarray:
 
 
 def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.ndarray | None = None,
-                kernel_thresh: float = 0.5, min_cells: int = 3, split: bool = True) -> list[Detection]:
+                kernel_thresh: float = 0.5, min_cells: int = 3, split: bool = True,
+                around: np.ndarray | None = None) -> list[Detection]:
     """maps: [3, h, w] probabilities (face, kernel, top) at the detector output resolution.
 
     Kernel components = card instances. Each face pixel goes to its nearest kernel (distance transform),
     and the card quad is fitted to that face region (no ×1/0.6 amplification of kernel-edge error); when
     the face region is implausible (merged with a neighbour), the scaled-up kernel quad is used instead.
     ``split``: kernels of touching / overlapping cards that merged through a thin neck are cut apart
-    (``split_kernels``)."""
+    (``split_kernels``). ``around``: a frame polygon; kernels whose centre lies well outside it (a zoomed
+    pass's neighbours, which its caller drops) are not fitted."""
     _, h, w = maps.shape
     up = OUTPUT_STRIDE  # work at input resolution: sub-cell accuracy from the interpolated probabilities
     size = (w * up, h * up)
@@ -341,6 +343,11 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
         kq, karea = k  # karea: the polygon the occlusion gate was tuned on (see kernel_quad)
         solidity = float(len(xs) / karea) if karea > 0 else 0.0
         c = kq.mean(0)
+        if around is not None:
+            cf = (c - np.array(off, np.float32)) / s - 0.5
+            reach = 0.3 * np.sqrt(abs(cv2.contourArea(around)))  # the fitted quad's centre is near, not at, c (seen 35 px off)
+            if cv2.pointPolygonTest(around.reshape(-1, 1, 2), (float(cf[0]), float(cf[1])), True) < -reach:
+                continue
         quad_k = c + (kq - c) / KERNEL_SHRINK
         region = (face_bin & (near == near[ys[0], xs[0]])).astype(np.uint8)
         quad_in = None
@@ -373,25 +380,34 @@ def orient_quad(quad: np.ndarray, top: np.ndarray, s: float, off: tuple[float, f
     """Which side of the quad is the card's top: all four rotations compete on the "top half" map (a
     steeply tilted portrait card can look landscape, so the short side alone is not enough); a small
     prior favours a short top side. Returns (quad TL, TR, BR, BL of the card, margin to the runner-up)."""
+    qi = (quad + 0.5) * s + np.array(off, np.float32) - 0.5  # upsampled pixel j ↔ input j + 0.5
+    mids = (qi + np.roll(qi, -1, axis=0)) / 2  # mids[k]: middle of side k (corner k to corner k + 1)
+    # rotation r's top half is rotation (r + 2)'s bottom half: four half-card means serve all four rotations
+    half = [_poly_mean(top, np.array([qi[r], qi[(r + 1) % 4], mids[(r + 1) % 4], mids[(r + 3) % 4]]))
+            for r in range(4)]
+    sides = np.sqrt(((np.roll(quad, -1, axis=0) - quad) ** 2).sum(1))  # side k: corner k to corner k + 1
+    across, along = sides[0] + sides[2], sides[1] + sides[3]
     scores = []
-    for r in range(4):
-        q = np.roll(quad, -r, axis=0)
-        qi = (q + 0.5) * s + np.array(off, np.float32) - 0.5  # upsampled pixel j ↔ input j + 0.5
-        mid_r, mid_l = (qi[1] + qi[2]) / 2, (qi[0] + qi[3]) / 2
-        t = _poly_mean(top, np.array([qi[0], qi[1], mid_r, mid_l]))
-        b = _poly_mean(top, np.array([mid_l, mid_r, qi[2], qi[3]]))
-        short = np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]) < np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1])
-        scores.append(t - b + (0.1 if short else 0.0))
+    for r in range(4):  # rotation r: its top side is side r
+        short = across < along if r % 2 == 0 else along < across
+        scores.append(half[r] - half[(r + 2) % 4] + (0.1 if short else 0.0))
     order = np.argsort(scores)[::-1]
     best = int(order[0])
     return np.roll(quad, -best, axis=0), float(scores[best] - scores[int(order[1])])
 
 
 def _poly_mean(img: np.ndarray, poly: np.ndarray) -> float:
-    m = np.zeros(img.shape, np.uint8)
-    cv2.fillConvexPoly(m, np.round(poly).astype(np.int32), 1)
-    s = m.sum()
-    return float((img * m).sum() / s) if s else 0.0
+    """Mean of ``img`` inside a convex polygon, drawn on its bounding box only."""
+    pts = np.round(poly).astype(np.int32)
+    h, w = img.shape[:2]
+    x0, y0 = max(int(pts[:, 0].min()), 0), max(int(pts[:, 1].min()), 0)
+    x1, y1 = min(int(pts[:, 0].max()) + 1, w), min(int(pts[:, 1].max()) + 1, h)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillConvexPoly(m, pts - np.array([x0, y0], np.int32), 1)
+    n = np.count_nonzero(m)
+    return float(img[y0:y1, x0:x1][m > 0].sum() / n) if n else 0.0
 
 
 # ----------------------------------------------------------------------------------------- detectors
@@ -449,9 +465,11 @@ class TFLiteDetector(Detector):
         cw, ch = (x1 - x0) * (1 + 2 * margin), (y1 - y0) * (1 + 2 * margin)
         return min(W / max(cw, 1.0), H / max(ch, 1.0))
 
-    def _zoomed(self, frame: np.ndarray, q: np.ndarray, margin: float) -> list[Detection]:
+    def _zoomed(self, frame: np.ndarray, q: np.ndarray, margin: float,
+                around: np.ndarray | None = None) -> list[Detection]:
         """Detections of a pass on the frame around ``q``'s bounding box (``margin`` of it on each side), scaled
-        to fill the input: an axis-aligned scale + shift (input = frame·s + off), decoded in frame coordinates."""
+        to fill the input: an axis-aligned scale + shift (input = frame·s + off), decoded in frame coordinates
+        (only near ``around``, see ``decode_maps``)."""
         W, H = INPUT_SIZE
         x0, y0 = q.min(0)
         x1, y1 = q.max(0)
@@ -461,7 +479,7 @@ class TFLiteDetector(Detector):
         m = np.array([[s, 0, off[0]], [0, s, off[1]]], np.float32)
         x = cv2.warpAffine(frame, m, (W, H), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
-        return decode_maps(self._run(x), s, off, None, self.kernel_thresh, split=self.split)
+        return decode_maps(self._run(x), s, off, None, self.kernel_thresh, split=self.split, around=around)
 
     def separate(self, frame: np.ndarray, quad: np.ndarray, margin: float = 0.15, score: float = 1.0) -> list[Detection]:
         """A second look at a detection that read badly, zoomed on ``quad`` (2–3× the scale): touching or
@@ -491,7 +509,7 @@ class TFLiteDetector(Detector):
         the soft gate and the low_score path rely on the score)."""
         q = np.asarray(quad, np.float32)
         poly = q.reshape(-1, 1, 2)
-        dets = [d for d in self._zoomed(frame, q, margin)
+        dets = [d for d in self._zoomed(frame, q, margin, around=q)
                 if cv2.pointPolygonTest(poly, tuple(float(v) for v in d.quad.mean(0)), False) >= 0]
         for d in dets:
             d.info["split" if len(dets) >= 2 else "refocused"] = True

@@ -64,12 +64,16 @@ class EdgeModel:
     def profile_logits(self, vals: np.ndarray) -> np.ndarray:
         """[..., 2·(radius + half) + 1, 3] profiles → [..., 2·radius + 1] logits; the same as
         ``logits(features(vals, …))`` but without building the features: they are linear in the profile, so the
-        first layer is a convolution along it (11 small matrix products instead of a 68-wide feature tensor:
-        ≈ 4× faster on one core)."""
+        first layer is a convolution along it: one matrix product over the profile's windows (33 wide, not 68)."""
         kernels, bias = self._conv  # [w, 3, hidden], [P, hidden]
-        P = 2 * self.radius + 1
-        h = bias + sum(vals[..., k:k + P, :] @ kernels[k] for k in range(len(kernels)))
-        h = np.maximum(h, 0.0)
+        w = len(kernels)
+        vals = np.ascontiguousarray(vals)
+        P = vals.shape[-2] - w + 1
+        # the windows as a strided view ([..., P, w, 3]; sliding_window_view's checks cost as much as the product)
+        win = np.lib.stride_tricks.as_strided(vals, vals.shape[:-2] + (P, w, vals.shape[-1]),
+                                              vals.strides[:-1] + vals.strides[-2:], writeable=False)
+        win = win.reshape(vals.shape[:-2] + (P, w * vals.shape[-1]))
+        h = np.maximum(win @ kernels.reshape(w * 3, -1) + bias, 0.0)
         return (h @ self.w2)[..., 0] + self.b2[0]
 
     def _as_convolution(self) -> tuple[np.ndarray, np.ndarray]:

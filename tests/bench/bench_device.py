@@ -225,7 +225,11 @@ def main() -> int:
     # each part in a fresh process: RSS is then the device pipeline's own, not this script's
     for part in ("latency", "stack"):
         r = subprocess.run([sys.executable, __file__, "--_child", part, "--frames-dir", str(fdir), *sys.argv[1:]],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           capture_output=True, text=True,
+                           # --threads is the whole pipeline's: TFLite, OpenCV (setNumThreads) and numpy's BLAS
+                           # (the catalog product), which would otherwise take every core
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": str(args.threads),
+                                "OMP_NUM_THREADS": str(args.threads)})
         if r.returncode != 0:
             print(r.stderr[-3000:], file=sys.stderr)
             return 1
