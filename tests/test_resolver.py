@@ -192,6 +192,47 @@ def test_keypoint_store_matches_fresh_orb_persists_and_rebuilds(tiny_catalog, tm
     assert len(calls) == 3 * len(ids) and not folder.exists()
 
 
+def test_two_processes_building_the_same_keypoint_store_at_once_both_get_it(tiny_catalog, tmp_path):
+    """The ingest and resolver workers (or two evaluations) start together and both build the catalog keypoints:
+    each builds in a staging folder of its own, so neither deletes the other's half-written files (with one shared
+    ``.tmp`` folder one builder died on a vanished ``count.npy``), and both end with the whole store."""
+    import threading
+
+    from server.resolver import keypoints as K
+    from server.resolver import verify as V
+
+    cat = V.CatalogImages.from_dir(tiny_catalog)
+    ids = sorted(cat.paths)
+    both_started = threading.Barrier(2, timeout=30)
+    first = threading.local()
+
+    def compute(cid):
+        if not getattr(first, "done", False):  # each builder's first face: wait until the other builds too
+            first.done = True
+            both_started.wait()
+        return cat.keypoints(cid)
+
+    stores, errors = [], []
+
+    def build():
+        try:
+            stores.append(K.load_or_build(tmp_path, "v1", V.ORB_PARAMS, ids, compute, workers=1))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(stores) == 2
+    for store in stores:
+        assert store.ids == ids
+        kp, des = cat.keypoints(ids[0])
+        assert np.array_equal(store.get(ids[0])[1], des)
+    assert [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".old-" in p.name] == []
+
+
 def test_resolver_with_keypoint_store_decides_like_without(tiny_catalog, checkpoint, resolver, tmp_path):
     from models.synth.capture import augment_crop
     from server.resolver.service import build_resolver

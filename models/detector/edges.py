@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from device.vision.detector import refine_quad
-from device.vision.edges import EdgeModel, feature_count, features, side_profiles
+from device.vision.edges import FILE, EdgeModel, feature_count, features, side_profiles
 from device.vision.geometry import quad_iou
 from models.synth.capture import CaptureConfig
 from models.synth.dataset import make_foreign_frame, make_frame
@@ -195,6 +195,34 @@ def build(detector_tflite: str | Path, catalog: str | Path, out: str | Path, fra
     return path
 
 
+def evaluate(detector_tflite: str | Path, catalog: str | Path, models: list[str], held_out: int = 300,
+             seed: int = SEED) -> dict:
+    """Held-out corner errors of edge models side by side, on ``build``'s held-out frames (all cards; the
+    real sv1 scans alone)."""
+    from device.vision.detector import TFLiteDetector
+
+    cv2.setNumThreads(1)
+    det = TFLiteDetector(str(detector_tflite), 1)
+    rows = [json.loads(line) for line in open(Path(catalog) / "index.jsonl")]
+    ids = [r["card_id"] for r in rows]
+    real_ids = [r["card_id"] for r in rows if r.get("real_scan")]
+    held = collect(det, str(catalog), ids, held_out, seed + 1_000_000, 24, 5, 16)[2]
+    held_real = collect(det, str(catalog), real_ids, held_out // 2, seed + 2_000_000, 24, 5, 16)[2] if real_ids else []
+    out = {}
+    for m in models:
+        p = Path(m)
+        if p.is_dir():
+            model = EdgeModel.load(p)
+            if model is None:
+                raise FileNotFoundError(f"{p / FILE}")
+        else:
+            with np.load(p, allow_pickle=False) as z:
+                model = EdgeModel({k: z[k] for k in z.files})
+        out[m] = {"held_out": corner_report(model, held),
+                  "held_out_real_scans": corner_report(model, held_real) if held_real else None}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="models/bundles/demo", help="bundle whose detector.tflite makes the quads")
@@ -215,7 +243,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real-frac", type=float, default=0.0,
                     help="share of the catalog frames that show only the real sv1 scans (collect())")
     ap.add_argument("--out", default="var/train/edges")
+    ap.add_argument("--evaluate", nargs="+", metavar="NPZ",
+                    help="only report these edge models (files or bundle dirs) on the held-out frames, side by side")
     a = ap.parse_args(argv)
+    if a.evaluate:
+        print(json.dumps(evaluate(Path(a.bundle) / "detector.tflite", a.catalog, a.evaluate, a.held_out, a.seed),
+                         indent=2))
+        return
     build(Path(a.bundle) / "detector.tflite", a.catalog, a.out, a.frames, a.held_out, a.radius, a.half_window,
           a.samples, a.hidden, a.steps, a.batch, a.lr, a.seed, a.threads, a.foreign_frac, a.real_frac)
 

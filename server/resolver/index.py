@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from server.resolver.staging import publish, staging_folder
+
 log = logging.getLogger(__name__)
 
 FLAT_MAX = 200_000
@@ -111,16 +113,13 @@ class CardIndex:
         import faiss
 
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = staging_folder(folder)
         faiss.write_index(self.index, str(tmp / INDEX_FILE))
         (tmp / IDS_FILE).write_text(json.dumps(self.ids))
         if self.embeddings is not None:
             np.save(tmp / EMB_FILE, self.embeddings.astype(np.float16))
         (tmp / META_FILE).write_text(json.dumps(self.meta, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)  # readers never see a half-written folder
+        publish(tmp, folder)  # readers never see a half-written folder; another process's equal build may win
         return folder
 
     @classmethod

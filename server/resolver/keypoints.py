@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from server.resolver.staging import publish, staging_folder
+
 log = logging.getLogger(__name__)
 
 DES_FILE, KP_FILE, COUNT_FILE, IDS_FILE, META_FILE = "des.npy", "kp.npy", "count.npy", "ids.json", "meta.json"
@@ -88,9 +90,7 @@ def load_or_build(data_dir: Path, catalog_version: str, params: dict, card_ids: 
     t0 = time.perf_counter()
     ids = list(card_ids)
     cap = int(params["nfeatures"])
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_folder(folder)
     # Written straight into memory maps: the full catalog is ~20k × F × 36 bytes, no need to hold it twice.
     des = np.lib.format.open_memmap(tmp / DES_FILE, "w+", np.uint8, (len(ids), cap, 32))
     kp = np.lib.format.open_memmap(tmp / KP_FILE, "w+", np.uint16, (len(ids), cap, 2))
@@ -116,8 +116,7 @@ def load_or_build(data_dir: Path, catalog_version: str, params: dict, card_ids: 
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_s": round(time.perf_counter() - t0, 1)}
     (tmp / IDS_FILE).write_text(json.dumps(ids))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # readers never see a half-written folder
+    publish(tmp, folder)  # readers never see a half-written folder; another process's equal build may win
     log.info("catalog keypoints built: %s (%d faces in %.1f s)", folder, len(ids), meta["build_s"])
     if prune:
         for other in folder.parent.glob(f"*--{orb_id(params)}"):
