@@ -380,8 +380,11 @@ def train_edges(a, work: Path, det_tflite: Path) -> Path:
         return out / "detector_edges.npz"
     log("edge model: training")
     q = a.quick
-    return edges.build(det_tflite, a.catalog, out, frames=60 if q else 2400, held_out=20 if q else 300,
-                       steps=100 if q else 3000, threads=a.threads)
+    # the shipped edge model's recipe (bundle demo-11): 40 % of the frames show the real sv1 scans, whose
+    # outline no render has, on top of the 2,400 other frames, and 64 hidden units to learn both
+    # (docs/device-vision.md, twelfth session)
+    return edges.build(det_tflite, a.catalog, out, frames=60 if q else 4000, held_out=20 if q else 300,
+                       hidden=64, steps=100 if q else 6000, threads=a.threads, real_frac=0.4)
 
 
 def assemble(a, out: Path, det_tflite: Path, emb_tflite: Path, emb: np.ndarray, ids: list[str],

@@ -72,9 +72,14 @@ class EdgeModel:
         # the windows as a strided view ([..., P, w, 3]; sliding_window_view's checks cost as much as the product)
         win = np.lib.stride_tricks.as_strided(vals, vals.shape[:-2] + (P, w, vals.shape[-1]),
                                               vals.strides[:-1] + vals.strides[-2:], writeable=False)
-        win = win.reshape(vals.shape[:-2] + (P, w * vals.shape[-1]))
-        h = np.maximum(win @ kernels.reshape(w * 3, -1) + bias, 0.0)
-        return (h @ self.w2)[..., 0] + self.b2[0]
+        lead = vals.shape[:-2]
+        hid = kernels.shape[-1]
+        # 2-D products: numpy multiplies stacked (4-D) operands one small matrix at a time (64 hidden units:
+        # 0.70 → 0.22 ms a quad); in place after the first
+        h = (win.reshape(-1, w * vals.shape[-1]) @ kernels.reshape(w * 3, hid)).reshape(lead + (P, hid))
+        h += bias
+        np.maximum(h, 0.0, out=h)
+        return (h.reshape(-1, hid) @ self.w2[:, 0]).reshape(lead + (P,)) + self.b2[0]
 
     def _as_convolution(self) -> tuple[np.ndarray, np.ndarray]:
         """The first layer rewritten over the raw profile (see ``features`` for the feature layout)."""
