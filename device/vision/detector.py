@@ -309,8 +309,9 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
     and the card quad is fitted to that face region (no ×1/0.6 amplification of kernel-edge error); when
     the face region is implausible (merged with a neighbour), the scaled-up kernel quad is used instead.
     ``split``: kernels of touching / overlapping cards that merged through a thin neck are cut apart
-    (``split_kernels``). ``around``: a frame polygon; kernels whose centre lies well outside it (a zoomed
-    pass's neighbours, which its caller drops) are not fitted."""
+    (``split_kernels``). ``around``: a frame polygon; only detections whose quad is centred inside it are
+    returned (a zoomed pass looks at one detection; its neighbours at the crop's border are not wanted), and
+    kernels lying well outside it are not even fitted."""
     _, h, w = maps.shape
     up = OUTPUT_STRIDE  # work at input resolution: sub-cell accuracy from the interpolated probabilities
     size = (w * up, h * up)
@@ -334,6 +335,11 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
         _, near = cv2.distanceTransformWithLabels((1 - binm).astype(np.uint8) * 255, cv2.DIST_L2, 3,
                                                   labelType=cv2.DIST_LABEL_CCOMP)
     dets: list[Detection] = []
+    if around is not None:
+        around = np.asarray(around, np.float32).reshape(-1, 1, 2)
+        # a kernel's centre can lie well off its fitted quad's (a fragment of a face): only far ones are skipped
+        # unfitted; the quad's own centre decides below
+        reach = 0.3 * np.sqrt(abs(cv2.contourArea(around)))
     for j in keep:
         kmask = lab == j
         ys, xs = np.nonzero(kmask)
@@ -345,8 +351,7 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
         c = kq.mean(0)
         if around is not None:
             cf = (c - np.array(off, np.float32)) / s - 0.5
-            reach = 0.3 * np.sqrt(abs(cv2.contourArea(around)))  # the fitted quad's centre is near, not at, c (seen 35 px off)
-            if cv2.pointPolygonTest(around.reshape(-1, 1, 2), (float(cf[0]), float(cf[1])), True) < -reach:
+            if cv2.pointPolygonTest(around, (float(cf[0]), float(cf[1])), True) < -reach:
                 continue
         quad_k = c + (kq - c) / KERNEL_SHRINK
         region = (face_bin & (near == near[ys[0], xs[0]])).astype(np.uint8)
@@ -367,6 +372,8 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
         # see models/detector/data.py); frame quads use pixel-centre coordinates
         quad = (quad_in - np.array(off, np.float32)) / s - 0.5
         quad, top_margin = orient_quad(order_quad(quad), top, s, off)
+        if around is not None and cv2.pointPolygonTest(around, tuple(float(v) for v in quad.mean(0)), False) < 0:
+            continue
         score = float(kern[kmask].mean())
         if gray is not None:
             quad = refine_quad(gray, quad)
@@ -508,9 +515,7 @@ class TFLiteDetector(Detector):
         (zoomed on an empty playmat's printed card zone that the first pass found at 0.78, it saw a card at 0.92;
         the soft gate and the low_score path rely on the score)."""
         q = np.asarray(quad, np.float32)
-        poly = q.reshape(-1, 1, 2)
-        dets = [d for d in self._zoomed(frame, q, margin, around=q)
-                if cv2.pointPolygonTest(poly, tuple(float(v) for v in d.quad.mean(0)), False) >= 0]
+        dets = self._zoomed(frame, q, margin, around=q)
         for d in dets:
             d.info["split" if len(dets) >= 2 else "refocused"] = True
             d.score = min(d.score, score)
@@ -568,7 +573,7 @@ class TFLiteDetector(Detector):
                 z.solidity = min(z.solidity, d.solidity)  # occlusion is judged on the whole frame
                 z.info["zoomed"] = True
                 dets[i] = z
-        if self.refine and self.edges is not None:
+        if self.edges is not None:
             for d in dets:
                 self.snap(frame, d)
         elif self.refine:

@@ -74,8 +74,8 @@ class EdgeModel:
                                               vals.strides[:-1] + vals.strides[-2:], writeable=False)
         lead = vals.shape[:-2]
         hid = kernels.shape[-1]
-        # 2-D products: numpy multiplies stacked (4-D) operands one small matrix at a time (64 hidden units:
-        # 0.70 → 0.22 ms a quad); in place after the first
+        # 2-D products: numpy multiplies stacked (4-D) operands one small matrix at a time (with 64 hidden units
+        # that doubled refine's time a quad: docs/device-vision.md, twelfth session); in place after the first
         h = (win.reshape(-1, w * vals.shape[-1]) @ kernels.reshape(w * 3, hid)).reshape(lead + (P, hid))
         h += bias
         np.maximum(h, 0.0, out=h)

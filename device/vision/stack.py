@@ -90,7 +90,8 @@ class StackEvent:
     card: SeenCard | None = None
 
 
-TOP_TIER = 3
+TOP_TIER = 3  # accepted and clean (``tier``)
+ACCEPTED_TIER = 2  # the lowest tier of a reading the device accepted
 
 
 @dataclass
@@ -308,7 +309,7 @@ class StackTracker:
               and (self._departing() or not (self._arrival or c.card_id == self.stack[-1].card_id))):
             self.stack.pop()  # top card taken off: the one below shows again
             self.stack[-1] = c
-        elif not (self._arrival or self._merged) and max(self._tiers) < TOP_TIER - 1:
+        elif not (self._arrival or self._merged) and max(self._tiers) < ACCEPTED_TIER:
             # nothing arrived since the last count, and only readings the device would not accept name another
             # card: the card lying there, misread (bench stack seed 5033: sm11-237 read as its same-name
             # neighbour sm11-214, ambiguous, four frames in a row while lying still). A card slid on top unseen

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.resolver.staging import publish, staging_folder
+from server.resolver.staging import discard, publish, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,10 @@ class CardIndex:
 
     # --- persistence -----------------------------------------------------------------------------------
 
-    def save(self, folder: Path) -> Path:
+    def save(self, folder: Path) -> bool:
+        """Write the index to ``folder`` through a staging folder of its own (``server.resolver.staging``).
+        False when ``folder`` was already there (another process's build of it, which stays): ``discard`` an
+        unusable one first."""
         import faiss
 
         folder = Path(folder)
@@ -119,8 +122,7 @@ class CardIndex:
         if self.embeddings is not None:
             np.save(tmp / EMB_FILE, self.embeddings.astype(np.float16))
         (tmp / META_FILE).write_text(json.dumps(self.meta, indent=1))
-        publish(tmp, folder)  # readers never see a half-written folder; another process's equal build may win
-        return folder
+        return publish(tmp, folder)
 
     @classmethod
     def load(cls, folder: Path) -> "CardIndex":
@@ -168,6 +170,7 @@ def load_or_build(data_dir: Path, catalog_version: str, model_id: str, card_ids:
                 return ci
         except Exception as exc:  # a corrupt folder is rebuilt, never fatal
             log.warning("index at %s unreadable (%s); rebuilding", folder, exc)
+    discard(folder)  # unusable (or absent): the build below takes its place
     t0 = time.perf_counter()
     ids = list(card_ids)
     chunks = [embed(ids[i:i + batch]) for i in range(0, len(ids), batch)]
@@ -177,8 +180,10 @@ def load_or_build(data_dir: Path, catalog_version: str, model_id: str, card_ids:
             "dim": int(emb.shape[1]), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_s": round(time.perf_counter() - t0, 1), "nprobe": getattr(index, "nprobe", None)}
     ci = CardIndex(ids, index, meta, emb.astype(np.float16))
-    ci.save(folder)
-    log.info("index built: %s (%d cards in %.1f s)", folder, len(ids), meta["build_s"])
+    if ci.save(folder):
+        log.info("index built: %s (%d cards in %.1f s)", folder, len(ids), meta["build_s"])
+    else:  # another process published the same index first; this one is as good and already in memory
+        log.info("index: another process published %s first", folder)
     if prune:  # older catalog versions of the same model are dead weight
         for other in folder.parent.glob(f"*--{_safe(model_id)}"):
             if other != folder and other.is_dir():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.resolver.staging import publish, staging_folder
+from server.resolver.staging import discard, publish, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def load_or_build(data_dir: Path, catalog_version: str, params: dict, card_ids: 
                 return ks
         except Exception as exc:  # a corrupt folder is rebuilt, never fatal
             log.warning("catalog keypoints at %s unreadable (%s); rebuilding", folder, exc)
+    discard(folder)  # unusable (or absent): the build below takes its place
     t0 = time.perf_counter()
     ids = list(card_ids)
     cap = int(params["nfeatures"])
@@ -116,8 +117,10 @@ def load_or_build(data_dir: Path, catalog_version: str, params: dict, card_ids: 
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_s": round(time.perf_counter() - t0, 1)}
     (tmp / IDS_FILE).write_text(json.dumps(ids))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    publish(tmp, folder)  # readers never see a half-written folder; another process's equal build may win
-    log.info("catalog keypoints built: %s (%d faces in %.1f s)", folder, len(ids), meta["build_s"])
+    if publish(tmp, folder):
+        log.info("catalog keypoints built: %s (%d faces in %.1f s)", folder, len(ids), meta["build_s"])
+    else:
+        log.info("catalog keypoints: another process published %s first; using that", folder)
     if prune:
         for other in folder.parent.glob(f"*--{orb_id(params)}"):
             if other != folder and other.is_dir():

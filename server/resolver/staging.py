@@ -3,8 +3,10 @@
 Several processes may build the same folder at once — the ingest and resolver workers starting together, two
 evaluations on one machine — so each builds in a staging folder of its own (a shared ``name.tmp`` let one
 builder delete the other's half-written files: ``make eval-final`` died on a vanished ``count.npy`` while a
-second evaluation built the same keypoints). The first finished build takes the place; a later one that finds
-it already published by another process discards its own copy (both were built from the same inputs).
+second evaluation built the same keypoints). The first finished build takes the place and stays: a later one
+finds the folder there and discards its own copy (both were built from the same inputs), so no process ever
+moves a folder another may be reading. A folder found unusable (corrupt, half-written by an older version) is
+``discard``-ed before the build that replaces it.
 """
 
 from __future__ import annotations
@@ -20,23 +22,25 @@ def staging_folder(folder: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
 
 
-def publish(staged: Path, folder: Path, replace: bool = True) -> bool:
-    """Move the finished ``staged`` folder to ``folder``; readers never see a half-written one. ``replace``: an
-    existing ``folder`` (a stale build) is moved aside first and deleted. Returns False when another process
-    published ``folder`` between the two renames (``staged`` is then deleted: that build is as good)."""
-    old = None
-    if replace and folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{folder.name}.old-", dir=folder.parent))
-        try:
-            folder.rename(old / folder.name)
-        except FileNotFoundError:
-            pass  # another process moved it first
+def discard(folder: Path) -> None:
+    """Remove an unusable ``folder`` so that a new build can take its place; moved aside first, so no reader
+    sees it half-deleted."""
+    if not folder.exists():
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f"{folder.name}.old-", dir=folder.parent))
+    try:
+        folder.rename(trash / folder.name)
+    except FileNotFoundError:
+        pass  # another process discarded it first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish(staged: Path, folder: Path) -> bool:
+    """Move the finished ``staged`` folder to ``folder`` (readers never see a half-written one). False when
+    another process published ``folder`` first: ``staged`` is deleted and theirs stays."""
     try:
         staged.rename(folder)
-        ok = True
-    except OSError:  # the folder exists again: another build was published meanwhile
+        return True
+    except OSError:  # the folder is there (not empty): another build won
         shutil.rmtree(staged, ignore_errors=True)
-        ok = False
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return ok
+        return False
