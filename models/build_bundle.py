@@ -68,8 +68,11 @@ def train_detector(a, work: Path) -> Path:
         run([sys.executable, "-m", "models.detector.data", "--catalog", a.catalog, "--out", str(data),
              "--n", str(600 if a.quick else 6000), "--seed", "1000", "--workers", str(a.workers),
              # the shares the shipped detector (demo-10) was fine-tuned on: overlapping cards and non-catalog
-             # faces (playing cards, backs) with shadows, so it learns card outlines, not one frame design
-             "--fan-frac", "0.35", "--foreign-frac", "0.35", "--p-shadow", "0.6"])
+             # faces (playing cards, backs) with shadows, so it learns card outlines, not one frame design;
+             # since demo-12 a quarter of the fan frames lay cards edge to edge (two side by side outline
+             # one card's shape: docs/device-vision.md, thirteenth session)
+             "--fan-frac", "0.35", "--foreign-frac", "0.35", "--p-shadow", "0.6",
+             "--fan-layouts", "spread,hand,pile,row"])
     out = work / "detector"
     if not (out / "detector.pt").is_file():
         run([sys.executable, "-m", "models.detector.train", "--data", str(data), "--out", str(out),

@@ -4,7 +4,8 @@
 
 Runs the *device* pipeline (TFLite detector + embedder + catalog matcher from the bundle) and reports:
 * capture sets: hand-held (free), binder grid, scanner box, and fan (2-5 overlapping cards: only the
-  uncovered ones are scannable; ``accepted_unscannable`` counts accepted detections of covered cards);
+  uncovered ones are scannable; ``accepted_unscannable`` counts accepted detections of covered cards), and
+  row (2-5 cards laid edge to edge, ``CaptureConfig.fan_layouts``: two side by side outline a card's shape);
 * identification: top-1 / top-5 at printing level over all scannable labelled cards (≥ 90 % visible, all
   corners in the frame; a card the detector misses or the gate rejects counts as a miss) and over the cards
   that reached the embedder; the same with the labelled quads instead of the detector ("oracle"); auto-accept precision
@@ -142,6 +143,9 @@ def _frac(xs) -> float | None:
 
 
 def capture_config(mode: str, size=(640, 480)) -> CaptureConfig:
+    """``row``: cards laid edge to edge (fan mode's ``row`` layout), the rest as the capture modes."""
+    if mode == "row":
+        return CaptureConfig(size=size, mode="fan", fan_layouts=["row"])
     return CaptureConfig(size=size, mode=mode)
 
 
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     sets = (("full_catalog_free", index.ids, "free"), ("sv1_real_scans_free", sv1, "free"),
             ("full_catalog_grid", index.ids, "grid"), ("full_catalog_scanner_box", index.ids, "scanner_box"),
-            ("sv1_real_scans_scanner_box", sv1, "scanner_box"), ("full_catalog_fan", index.ids, "fan"))
+            ("sv1_real_scans_scanner_box", sv1, "scanner_box"), ("full_catalog_fan", index.ids, "fan"),
+            ("full_catalog_row", index.ids, "row"))
     wanted = set(a.sets.split(",")) if a.sets else None
     for name, ids, mode in sets:
         if wanted and name not in wanted:

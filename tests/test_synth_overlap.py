@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import cv2
 import numpy as np
 import pytest
@@ -144,3 +146,50 @@ def test_fan_targets_covered_card_kernel_is_its_visible_part():
     # (the quad's own shrink cut by the card above sits off the visible part's centre: median ≈ 0.75 cells)
     assert len(offsets) >= 5 and free_cells >= 200
     assert max(offsets) < 0.6 and np.median(offsets) < 0.35, offsets
+
+
+def test_row_layout_lays_cards_edge_to_edge():
+    """``row``: cards next to each other along their width or their height — neighbours touch, overlap a little
+    (≤ 12 % of the span) or leave a small gap, so most cards stay scannable (≥ 90 % visible), and a pair's
+    outline has a card's shape when they lie side by side (what the detector has to keep apart)."""
+    cfg = CaptureConfig(mode="fan", fan_layouts=["row"], max_tilt_deg=0, **CLEAN)
+    along = set()
+    scannable = total = 0
+    for seed in range(12):
+        n = 2 + seed % 4
+        frame, lab = simulate_capture([_flat_card(k) for k in range(n)], [f"c{k}" for k in range(n)],
+                                      np.random.default_rng(seed), cfg)
+        assert lab["params"]["fan_layout"] == "row"
+        quads = [np.array(c["quad"], np.float32) for c in lab["cards"]]
+        centres = np.array([q.mean(0) for q in quads])
+        for i in range(n - 1):
+            q = quads[i]
+            width = 0.5 * (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
+            height = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+            d = float(np.linalg.norm(centres[i + 1] - centres[i]))
+            # the next card sits one width or one height away (0.88-1.06 of it, a little slack for the turns)
+            ok_w, ok_h = 0.84 * width < d < 1.1 * width, 0.84 * height < d < 1.1 * height
+            assert ok_w or ok_h, (seed, i, d, width, height)
+            along.add("width" if ok_w else "height")
+            assert _poly_iou(quads[i], quads[i + 1]) < 0.15
+        for c in lab["cards"]:
+            total += 1
+            scannable += c["visible"] >= 0.9
+            assert c["visible"] > 0.8
+    assert along == {"width", "height"}
+    assert scannable >= 0.6 * total
+
+
+def test_empty_items_are_negatives_on_mats_the_tests_do_not_use():
+    """Hard negatives for the detector (``models.detector.data.empty_item``): no card anywhere in the targets,
+    on background variants the capture sets and ``test_vision``'s empty frames never draw (those use 0…5), so
+    that test still checks mats the detector has not seen empty."""
+    from models.detector import data
+    from models.synth.capture import N_VARIANTS
+
+    rng = np.random.default_rng(3)
+    for _ in range(8):
+        x, y, w = data.empty_item(rng)
+        assert x.shape == (120, 160, 3) and x.dtype == np.uint8
+        assert y.shape == (3, data.OUT_SIZE[1], data.OUT_SIZE[0]) and not y.any() and w.min() == 1
+    assert inspect.signature(data.empty_item).parameters["first_variant"].default >= N_VARIANTS

@@ -44,11 +44,14 @@ class CaptureConfig(BaseModel):
     grid_max_tilt_deg: float = Field(20.0, ge=0, description="Max tilt of the whole page in grid mode, degrees.")
     max_cards: int = Field(9, ge=1, le=9, description="Most cards placed in one frame.")
     fan_cards: tuple[int, int] = Field((2, 5), description="fan mode: fewest and most cards in the overlapping group.")
-    fan_layouts: list[Literal["spread", "hand", "pile"]] = Field(
+    fan_layouts: list[Literal["spread", "hand", "pile", "row"]] = Field(
         default_factory=lambda: ["spread", "hand", "pile"],
         description="fan mode arrangements, drawn uniformly: spread = cards side by side, each shifted 15-65 % of a "
         "card width over the previous one (a hand laid down); hand = cards pivoting about a point near their "
-        "bottom edge, 6-22 degrees apart (a fanned hand); pile = cards dropped with random offsets and rotations. "
+        "bottom edge, 6-22 degrees apart (a fanned hand); pile = cards dropped with random offsets and rotations; "
+        "row = cards laid out edge to edge along their width or their height, from 12 % overlap to a 6 % gap, "
+        "each turned a few degrees (cards put down next to each other on a counter; not in the default list, so "
+        "the evaluation sets keep their frames). "
         "Labels keep every card's full face quad; ``visible`` is the share of the face not covered by the cards "
         "above it (a covered card is not scannable: the evaluation needs >= 0.9, and the device's kernel of it "
         "is only the visible part, see models.detector.data).")
@@ -512,6 +515,17 @@ def _plan_fan(n: int, rng: np.random.Generator, cfg: CaptureConfig, focal: float
             r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
             centres.append(pivot + r @ (centres[0] - pivot))
             rots.append(math.degrees(a))
+    elif layout == "row":
+        # edge to edge: the one arrangement whose outline has a card's shape (two cards side by side), which the
+        # detector's kernels have to keep apart (real playing-card photos, docs/device-vision.md)
+        along = int(rng.integers(2))  # 0: along the card's width, 1: along its height
+        span = (cw, ch)[along]
+        dirn = float(rng.choice([-1.0, 1.0]))
+        for i in range(1, n):
+            d = dirn * span * rng.uniform(0.88, 1.06)
+            off = rng.normal(0, 0.04 * (ch, cw)[along])
+            centres.append(centres[-1] + (np.array([d, off]) if along == 0 else np.array([off, d])))
+            rots.append(float(rng.normal(0, 3.0)))
     else:  # pile
         for i in range(1, n):
             ang = rng.uniform(0, 2 * np.pi)
