@@ -280,6 +280,25 @@ def test_a_copy_slid_onto_the_same_card_as_one_merged_outline_counts():
     assert t.counts == {"sv4-203": 3}
 
 
+def test_a_merged_outline_that_grows_from_a_slightly_large_one_still_restarts_the_window():
+    """Bench stack seed 5014 with bundle demo-12: the resting card's outline read 1.01× its area, then the copy
+    sliding onto it merged into one 1.12× outline and went back to 1.02× — it crossed ``arrival_grow`` over the
+    resting card both ways, but changed by less than 12 % from the frame before, so its frames continued the
+    window already decided and the copy was never counted. An outline no bigger than the card lying still (≤ 1.06×) on the other side of the
+    crossing now restarts the window too."""
+    def outline(card_id: str | None, area: float, dy: float = 0.0, flag: str | None = None) -> Observation:
+        q = _quad(h=360 * float(np.sqrt(area)), dy=dy * 360)
+        r = _Result(0.35, flag, "ambiguous") if flag else None
+        return Observation([SeenCard(card_id, q, r, flag)])
+
+    t = StackTracker()
+    frames = empty() + entering() + held("sv4-203", 6) + [outline("sv4-203", 1.02)]
+    frames += [outline("sv4-203", 1.125, 0.03, "low_score"), outline("swsh6-205", 1.13, 0.03, "low_score")]
+    frames += [outline("sv4-203", 1.02)] + held("sv4-203", 6, seed=1)  # and back: 1.13× → 1.02×, a ratio of 0.90
+    feed(t, frames)
+    assert t.counts == {"sv4-203": 2}
+
+
 def test_the_same_card_still_lying_there_is_not_a_merged_arrival():
     t = StackTracker()
     frames = empty() + entering() + held("sv4-203", 6) + [merged("sv4-203", 1.03)] * 2 + held("sv4-203", 6, seed=1)
