@@ -288,8 +288,10 @@ def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo
     idx = read_index(catalog_dir)
     real_ids = [c for c in ids if idx.get(c, {}).get("real_scan")] or ids
     base = CaptureConfig(size=(320, 240), p_shadow=p_shadow)
+    fan = CaptureConfig(size=(320, 240), p_shadow=p_shadow, mode="fan",
+                        **({"fan_layouts": fan_layouts} if fan_layouts else {}))  # validated: a typo is an error
     cfgs = [base.model_copy(update={"mode": "free"}), base.model_copy(update={"mode": "grid"}),
-            base.model_copy(update={"mode": "scanner_box"}), base.model_copy(update={"mode": "fan", **({"fan_layouts": fan_layouts} if fan_layouts else {})})]
+            base.model_copy(update={"mode": "scanner_box"}), fan]
     # free 55 % (with neighbours), grid 30 %, scanner box 15 % (of the frames that are not fan frames)
     n_fan = int(round(n * fan_frac))
     mode_of = lambda i: (cfgs[3] if (i * 104729 + 17) % n < n_fan else
