@@ -360,3 +360,25 @@ def test_a_card_lying_still_misread_as_another_for_the_server_is_not_a_new_card(
     ev = feed(t, empty() + entering() + below + entering("swsh10-205") + top + misread + empty(3))
     assert t.counts == {"swsh10-205": 1, "sm11-237": 1}
     assert [e.kind for e in ev if e.kind != "removed"] == ["placed", "slid_on_top"]
+
+
+def read_listing(card_id: str, candidates: list[str], seed: int) -> Observation:
+    """An ambiguous reading (for the server) whose candidates (the pipeline's top-k) are ``candidates``."""
+    obs = read(card_id, "ambiguous", 0.7, seed)
+    obs.cards[0].result.candidates = [(c, 0.7 - 0.01 * k) for k, c in enumerate(candidates)]
+    return obs
+
+
+@pytest.mark.parametrize("lists_the_card_below", [False, True])
+def test_a_card_slid_on_unseen_and_read_ambiguous_counts_unless_its_reading_lists_the_card_below(lists_the_card_below):
+    """Bench stack seed 5001 with bundle demo-12: a card slid onto the stack in one merged outline (no arrival
+    seen), then read ambiguous as itself frame after frame — a different card, whose candidates never list the
+    card below. That is one more card. Read as a card whose candidates do list the card below (seed 5033: a
+    same-name neighbour), it stays the card lying there, misread."""
+    t = StackTracker(StackConfig(stable_frames=3, soft_patience_frames=3))
+    below = [read("bw5-19", "accept", 0.9, i) for i in range(5)]
+    cands = ["swsh12pt5-18", "swsh9-153", "col1-8"] + (["bw5-19"] if lists_the_card_below else [])
+    new = [read_listing("swsh12pt5-18", cands, 10 + i) for i in range(6)]
+    feed(t, empty() + entering() + below + new + empty(3))
+    expected = {"bw5-19": 1} if lists_the_card_below else {"bw5-19": 1, "swsh12pt5-18": 1}
+    assert t.counts == expected
