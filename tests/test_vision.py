@@ -599,8 +599,8 @@ def test_touching_cards_merged_by_the_first_pass_are_separated(shared_data):
             best = max(res.cards, key=lambda c: G.quad_iou(c.quad, q))
             assert G.quad_iou(best.quad, q) >= 0.75 and best.candidates[0][0] == cid, (ids, cid)
     # the case this test is about: a pair the detector returns as one (the first 5 of 5 with demo-8's detector;
-    # demo-10's, trained on overlapping cards, separates most of them itself, and with demo-11's edge snap none of
-    # those five stays one detection — sv1-146 / sv1-147 does, as 3 other pairs of sv1-100…199 do)
+    # demo-10's, trained on overlapping cards, separates most of them itself; with demo-11 none of those five
+    # stays one detection but sv1-146 / sv1-147 does; with demo-12 sv1-102 / sv1-103 and sv1-146 / sv1-147 do)
     assert merged >= 1
 
 

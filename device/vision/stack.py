@@ -178,10 +178,13 @@ class StackTracker:
         slid onto the same card at the same place grew the outline from 1.01× to 1.12× in one frame (a ratio of
         1.11), and its frames continued the window already decided."""
         anchor = self.stack[-1] if self.stack else None
-        if anchor is None or self._grown(c, anchor) == self._grown(prev, anchor):
+        if anchor is None:
+            return False
+        grown = self._grown(c, anchor)
+        if grown == self._grown(prev, anchor):
             return False
         r = c.area / max(prev.area, 1e-6)
-        low = prev if self._grown(c, anchor) else c
+        low = prev if grown else c
         return (r > 1.0 + self.cfg.arrival_grow or r < 1.0 / (1.0 + self.cfg.arrival_grow)
                 or low.area <= (1.0 + 0.5 * self.cfg.arrival_grow) * anchor.area)
 
