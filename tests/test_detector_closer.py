@@ -93,9 +93,11 @@ def test_overlapping_real_cards_come_apart(shared_data, name):
     assert mean_iou(closer) > mean_iou(once) + 0.1
 
 
-def test_a_card_taken_apart_by_mistake_is_read_whole():
-    """When the closer look takes one card apart (a finger across it, its text box), no piece reads as a
-    catalog card, and the whole does: the pipeline reads and reports the whole (``VisionPipeline._reunite``)."""
+@pytest.mark.parametrize("pinched", [False, True])
+def test_a_card_taken_apart_by_mistake_is_read_whole(pinched):
+    """When the closer look takes one card apart (a finger across it, its text box), or the first pass cuts its
+    kernel at a neck (``pinched``, ``split_kernels``), no piece reads as a catalog card, and the whole does: the
+    pipeline reads and reports the whole (``VisionPipeline._reunite``)."""
     import json
 
     from device.vision.pipeline import VisionPipeline
@@ -107,6 +109,8 @@ def test_a_card_taken_apart_by_mistake_is_read_whole():
         dets = detect(frame)
         out = []
         for d in dets:
+            if pinched:
+                d.info["pinched"] = True
             q = d.quad
             mid_l, mid_r = (q[0] + q[3]) / 2, (q[1] + q[2]) / 2
             for half in (np.array([q[0], q[1], mid_r, mid_l]), np.array([mid_l, mid_r, q[2], q[3]])):

@@ -149,6 +149,31 @@ def test_decode_maps_recovers_several_cards_and_orientation():
         assert np.linalg.norm(best.quad[0] - gt[0]) < 25  # TL is the card's own TL (orientation)
 
 
+def test_pieces_of_a_pinched_kernel_carry_the_unsplit_card():
+    """``split_kernels`` cuts a kernel pinched at a neck: two touching cards, mostly, but a tilted or blurred card's
+    art window and text box come apart the same way, and a card seen at a slant has no card's aspect to tell it
+    by. Each piece carries the unsplit component's detection (``info["whole"]``, marked ``pinched``) so the
+    pipeline can read the card whole; a detection that was never cut carries none."""
+    slant = np.array([[200, 60], [380, 70], [375, 400], [195, 390]], np.float32)  # side ratio 0.55
+    maps, s, off = _maps_for([slant, QUAD + np.array([230, 0], np.float32)])
+    k = maps[1]
+    left = k[:, : k.shape[1] // 2 + 2]  # the slanted card's kernel (the other card lies right of it)
+    rows, cols = np.nonzero(left.max(1) > 0.5)[0], np.nonzero(left.max(0) > 0.5)[0]
+    mid, c = rows[len(rows) // 2], cols[len(cols) // 2]
+    left[mid - 1:mid + 1, :c] = 0  # two cells high, one cell wide neck
+    left[mid - 1:mid + 1, c + 1:] = 0
+    dets = decode_maps(maps, s, off)
+    pieces = [d for d in dets if "whole" in d.info]
+    assert len(dets) == 3 and len(pieces) == 2
+    whole = pieces[0].info["whole"]
+    assert pieces[1].info["whole"] is whole and whole.info.get("pinched")
+    assert G.quad_iou(whole.quad, slant) > 0.9
+    assert all(G.quad_iou(p.quad, slant) < 0.6 for p in pieces)
+    other = next(d for d in dets if "whole" not in d.info)
+    assert G.quad_iou(other.quad, QUAD + np.array([230, 0], np.float32)) > 0.85
+    assert len(decode_maps(maps, s, off, split=False)) == 2
+
+
 def test_refine_quad_snaps_to_edges():
     frame = place(card_image(2), QUAD)
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)

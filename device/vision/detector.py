@@ -210,13 +210,14 @@ def fit_quad(mask: np.ndarray, iterations: int = 2) -> np.ndarray | None:
 
 
 def split_kernels(lab: np.ndarray, keep: list[int], stats: np.ndarray, min_px: int,
-                  min_solidity: float = 0.9) -> tuple[np.ndarray, list[int]]:
+                  min_solidity: float = 0.9, origin: dict[int, int] | None = None) -> tuple[np.ndarray, list[int]]:
     """Cut kernel components that are two (or more) cards' kernels joined by a thin neck.
 
     A card's kernel is a convex quad; a component that fills its convex hull less than ``min_solidity`` is
     suspect. Its distance transform is thresholded at rising fractions of the maximum: the first level at
     which it falls into several sizeable cores (each ≥ ``min_px`` and ≥ 15 % of the component) splits it, and
-    every pixel of the component goes to its nearest core. Returns (labels, kept label ids)."""
+    every pixel of the component goes to its nearest core. Returns (labels, kept label ids); ``origin`` (optional
+    dict) gets, for every new part's label, the label of the component it was cut from."""
     lab = lab.copy()
     nxt = int(lab.max()) + 1
     out = []
@@ -259,6 +260,8 @@ def split_kernels(lab: np.ndarray, keep: list[int], stats: np.ndarray, min_px: i
         for pm in parts:  # pixels of dropped slivers stay background
             view[pm] = nxt
             out.append(nxt)
+            if origin is not None:
+                origin[nxt] = j
             nxt += 1
     return lab, out
 
@@ -324,9 +327,10 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
     if not keep:
         return []
     face_bin = face > 0.5
-    kept = keep
+    kept, whole_lab = keep, lab
+    origin: dict[int, int] = {}  # part label -> the component it was cut from
     if split:
-        lab, keep = split_kernels(lab, keep, stats, min_cells * up * up)
+        lab, keep = split_kernels(lab, keep, stats, min_cells * up * up, origin=origin)
     # nearest kernel part for every pixel (parts of a split component touch, so connected components of the
     # kernel mask no longer tell them apart)
     if keep != kept:
@@ -334,27 +338,27 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
     else:
         _, near = cv2.distanceTransformWithLabels((1 - binm).astype(np.uint8) * 255, cv2.DIST_L2, 3,
                                                   labelType=cv2.DIST_LABEL_CCOMP)
-    dets: list[Detection] = []
     if around is not None:
         around = np.asarray(around, np.float32).reshape(-1, 1, 2)
         # a kernel's centre can lie well off its fitted quad's (a fragment of a face): only far ones are skipped
         # unfitted; the quad's own centre decides below
         reach = 0.3 * np.sqrt(abs(cv2.contourArea(around)))
-    for j in keep:
-        kmask = lab == j
+
+    def fit(kmask: np.ndarray, region: np.ndarray) -> Detection | None:
+        """The card quad of one kernel (``kmask``) and the face pixels nearest to it (``region``)."""
         ys, xs = np.nonzero(kmask)
         k = kernel_quad(np.stack([xs, ys], 1).astype(np.float32) + 0.5)
         if k is None:
-            continue
+            return None
         kq, karea = k  # karea: the polygon the occlusion gate was tuned on (see kernel_quad)
         solidity = float(len(xs) / karea) if karea > 0 else 0.0
         c = kq.mean(0)
         if around is not None:
             cf = (c - np.array(off, np.float32)) / s - 0.5
             if cv2.pointPolygonTest(around, (float(cf[0]), float(cf[1])), True) < -reach:
-                continue
+                return None
         quad_k = c + (kq - c) / KERNEL_SHRINK
-        region = (face_bin & (near == near[ys[0], xs[0]])).astype(np.uint8)
+        region = region.astype(np.uint8)
         quad_in = None
         if region.sum() > 0:
             fq = fit_quad(region)
@@ -373,12 +377,35 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
         quad = (quad_in - np.array(off, np.float32)) / s - 0.5
         quad, top_margin = orient_quad(order_quad(quad), top, s, off)
         if around is not None and cv2.pointPolygonTest(around, tuple(float(v) for v in quad.mean(0)), False) < 0:
-            continue
+            return None
         score = float(kern[kmask].mean())
         if gray is not None:
             quad = refine_quad(gray, quad)
-        dets.append(Detection(quad.astype(np.float32), score, "cnn", min(1.0, solidity),
-                              {"top_margin": round(top_margin, 3)}))
+        return Detection(quad.astype(np.float32), score, "cnn", min(1.0, solidity),
+                         {"top_margin": round(top_margin, 3)})
+
+    dets: list[Detection] = []
+    wholes: dict[int, Detection | None] = {}
+    for j in keep:
+        kmask = lab == j
+        ys, xs = np.nonzero(kmask)
+        d = fit(kmask, face_bin & (near == near[ys[0], xs[0]]))
+        if d is None:
+            continue
+        if j in origin:
+            # a piece of a pinched kernel: one card's art window and text box come apart this way as well as
+            # two touching cards, and the shape cannot always tell (a tilted, blurred card: simulated hand-held
+            # sv1 captures); the unsplit component goes along so the pipeline can read it whole when that reads
+            # better (``VisionPipeline._reunite``)
+            o = origin[j]
+            if o not in wholes:
+                parts = [p for p in keep if origin.get(p) == o]
+                wholes[o] = fit(whole_lab == o, face_bin & np.isin(near, parts))
+                if wholes[o] is not None:
+                    wholes[o].info["pinched"] = True
+            if wholes[o] is not None:
+                d.info["whole"] = wholes[o]
+        dets.append(d)
     dets.sort(key=lambda d: -abs(cv2.contourArea(d.quad)))
     return dets
 
@@ -592,7 +619,8 @@ class TFLiteDetector(Detector):
             rot = np.ascontiguousarray(np.rot90(frame, -1))  # clockwise: rot (x', y') = frame (y', h−1−x')
             maps, s, off = self.maps(rot)
             dets = decode_maps(maps, s, off, None, self.kernel_thresh, split=self.split)
-            for d in dets:  # a rotation keeps the corner order (TL, TR, BR, BL of the card)
+            wholes = {id(d.info["whole"]): d.info["whole"] for d in dets if "whole" in d.info}
+            for d in dets + list(wholes.values()):  # a rotation keeps the corner order (TL, TR, BR, BL)
                 d.quad = np.stack([d.quad[:, 1], h - 1 - d.quad[:, 0]], 1).astype(np.float32)
             return dets, s
         maps, s, off = self.maps(frame)

@@ -50,7 +50,7 @@ class _Passed(NamedTuple):
     flag: str | None  # soft gate failure, None = clean
     source: str  # cnn | contour
     score: float  # the detection's confidence
-    whole: Detection | None = None  # the first-pass detection this is a piece of (``TFLiteDetector.closer``)
+    whole: Detection | None = None  # the detection this is a piece of (closer look, or a pinched kernel cut)
 
 
 @dataclass
@@ -259,7 +259,7 @@ class VisionPipeline:
         ``Thresholds.accept_floor``), and split into several only when it matched nothing (score below
         no_card_score): the zoomed pass costs one more inference."""
         th = self.thresholds
-        if (self._cnn is None or t.source != "cnn" or t.whole is not None
+        if (self._cnn is None or t.source != "cnn" or (t.whole is not None and not t.whole.info.get("pinched"))
                 or whole.score >= max(th.no_card_score, th.accept_floor)):
             return None  # (a piece of the detector's own closer look: that was this same zoomed pass)
         pieces = self._cnn.separate(frame, t.quad, score=t.score)
@@ -307,10 +307,11 @@ class VisionPipeline:
 
     def _reunite(self, frame: np.ndarray, wholes: dict[int, Detection], todo: list[_Passed], best: dict) -> None:
         """The detector's closer look took a detection apart into overlapping cards (``TFLiteDetector.closer``),
+        or its first pass cut a kernel pinched at a neck (``split_kernels``: the whole is marked ``pinched``),
         which it tells from one card cut up by a finger or at its text box by shape alone. The catalog can tell
         better: when no piece reads well enough to be accepted and the whole reads better than every piece, the
-        whole (edge-snapped) replaces them, in ``todo`` / ``best``. Costs one warp + embed + match per taken-apart
-        detection that read badly."""
+        whole (edge-snapped) replaces them, in ``todo`` / ``best``; a pinched whole must also read as well as an
+        accept. Costs one warp + embed + match per taken-apart detection that read badly."""
         for whole in wholes.values():
             idx = [i for i in best if todo[i].whole is whole]
             if any(best[i][0].score >= self.thresholds.accept_floor for i in idx):
@@ -324,6 +325,8 @@ class VisionPipeline:
             read = self._read(frame, passed)
             if idx and read[0].score <= max(best[i][0].score for i in idx):
                 continue
+            if whole.info.get("pinched") and read[0].score < self.thresholds.accept_floor:
+                continue  # a kernel cut at its neck is two touching cards far more often than one card
             for i in idx:
                 del best[i]
             todo.append(passed)
@@ -362,6 +365,11 @@ class VisionPipeline:
                 best[i] = (self._rerank(m, frame, quad, e), quad, crop, e)
             ms["match"] += (time.perf_counter() - t5) * 1e3
             t6 = time.perf_counter()
+            # a card whose kernel the first pass cut at a neck is read whole before its pieces are looked at
+            # closer: the zoomed pass on a piece of one card finds that same card again, once per piece
+            pinched = {k: w for k, w in wholes.items() if w.info.get("pinched")}
+            if pinched:
+                self._reunite(frame, pinched, todo, best)
             # the worst-read detections first, at most max_separate a frame: a binder page of nine small cards
             # would otherwise pay up to nine more inferences
             for i in sorted(best, key=lambda k: best[k][0].score)[:self.max_separate]:
@@ -371,8 +379,8 @@ class VisionPipeline:
                     for passed, read in pieces:
                         todo.append(passed)
                         best[len(todo) - 1] = read
-            if wholes:
-                self._reunite(frame, wholes, todo, best)
+            if len(wholes) > len(pinched):
+                self._reunite(frame, {k: w for k, w in wholes.items() if k not in pinched}, todo, best)
             merged = self._merge(frame, todo, best)
             if merged is not None:
                 pieces, passed, read = merged
