@@ -165,13 +165,17 @@ def run_captures(pipe, catalog_dir: str, ids: list[str], n: int, seed: int, mode
     return recs, orecs, timings
 
 
-def photo_eval(pipe, split_dir: str | None = None) -> dict:
-    """Mean IoU of the real playing-card TEST photos' boxes vs the boxes of detected quads."""
+def photo_eval(pipe, split_dir: str | None = None, dump_dir: str | None = None) -> dict:
+    """Mean IoU of the real playing-card TEST photos' boxes vs the boxes of detected quads. ``dump_dir``: also
+    write each photo with its labelled boxes (green) and detected quads (red), and ``photos.jsonl`` (per photo:
+    each box's IoU, whether it overlaps another card, the false positives, the detections' scores) — where to
+    look when the mean moves."""
     from models.detector.data import PHOTOS, photo_boxes
 
     boxes = photo_boxes("test")
     d = Path(split_dir or Path(PHOTOS) / "test")
     ious, fps, n_gt, overlapped = [], 0, 0, []
+    rows = []
     for name, gts in sorted(boxes.items()):
         img = cv2.imread(str(d / name), cv2.IMREAD_COLOR)
         if img is None:
@@ -180,6 +184,7 @@ def photo_eval(pipe, split_dir: str | None = None) -> dict:
         pb = [(float(q.quad[:, 0].min()), float(q.quad[:, 1].min()), float(q.quad[:, 0].max()), float(q.quad[:, 1].max()))
               for q in dets]
         used = set()
+        first = len(ious)
         for g in gts:
             n_gt += 1
             best, bi = -1, 0.0
@@ -195,6 +200,18 @@ def photo_eval(pipe, split_dir: str | None = None) -> dict:
             # a card partly covered by another (a fanned hand): its box is only the visible part
             overlapped.append(any(_covered_frac(g, h) > 0.05 for h in gts if h is not g))
         fps += len(pb) - len(used)
+        if dump_dir is not None:
+            rows.append({"image": name, "iou": [round(x, 3) for x in ious[first:]], "overlapping": overlapped[first:],
+                         "false_positives": len(pb) - len(used), "scores": [round(q.score, 3) for q in dets]})
+            vis = img.copy()
+            for g in gts:
+                cv2.rectangle(vis, (int(g[0]), int(g[1])), (int(g[2]), int(g[3])), (0, 255, 0), 2)
+            for q in dets:
+                cv2.polylines(vis, [q.quad.astype(np.int32)], True, (0, 0, 255), 2)
+            Path(dump_dir).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(Path(dump_dir) / f"{Path(name).stem}.png"), vis)
+    if dump_dir is not None:
+        (Path(dump_dir) / "photos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ious_a = np.array(ious)
     return {"images": len(boxes), "gt_boxes": n_gt, "mean_iou": round(float(ious_a.mean()), 4) if n_gt else None,
             "missed": int((ious_a < 0.1).sum()), "partial_iou_below_50": int(((ious_a >= 0.1) & (ious_a < 0.5)).sum()),
@@ -234,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detector", default="auto", choices=["auto", "cnn", "contour"])
     ap.add_argument("--out", default="var/reports/vision_eval.json")
     ap.add_argument("--skip-photos", action="store_true")
+    ap.add_argument("--photo-dump", metavar="DIR", default=None,
+                    help="also draw every test photo (labelled boxes green, detected quads red) and write per-photo "
+                         "IoUs to DIR/photos.jsonl")
     ap.add_argument("--sets", default=None, help="comma-separated subset of the capture sets (default: all)")
     a = ap.parse_args(argv)
     pipe = VisionPipeline.from_bundle(a.bundle, a.threads, detector=a.detector)
@@ -263,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = s
         print(name, json.dumps(s), flush=True)
     if not a.skip_photos:
-        report["photos_test"] = photo_eval(pipe)
+        report["photos_test"] = photo_eval(pipe, dump_dir=a.photo_dump)
         print("photos_test", json.dumps(report["photos_test"]), flush=True)
     report["seconds"] = round(time.time() - t0, 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

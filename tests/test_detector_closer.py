@@ -154,3 +154,22 @@ def test_a_zoomed_pass_fits_only_the_cards_it_looks_at(shared_data, monkeypatch)
 
         assert inside(near) == inside(all_dets)
     assert looked < everything
+
+
+def test_the_photo_report_can_draw_every_photo(shared_data, tmp_path):
+    """``models.vision_eval --photo-dump DIR``: every TEST photo drawn, one ``photos.jsonl`` row per photo, and the
+    rows add up to the report's figures (so a moved mean can be traced to the photos that moved it)."""
+    import json
+
+    from device.vision.pipeline import VisionPipeline
+    from models.vision_eval import photo_eval
+
+    if not (shared_data / PHOTOS / "test").is_dir():
+        pytest.skip("playing-card photos not in the shared data")
+    rep = photo_eval(VisionPipeline.from_bundle(BUNDLE, 1), dump_dir=str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "photos.jsonl").read_text().splitlines()]
+    assert len(rows) == rep["images"] == len(list(tmp_path.glob("*.png")))
+    ious = [x for r in rows for x in r["iou"]]
+    assert len(ious) == rep["gt_boxes"]
+    assert abs(float(np.mean(ious)) - rep["mean_iou"]) < 1e-3
+    assert sum(r["false_positives"] for r in rows) == rep["false_positives"]
