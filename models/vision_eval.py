@@ -120,6 +120,9 @@ def summarize(recs: list[dict], thresholds=None) -> dict:
         s["accept_coverage_all"] = len(acc) / n
         s["accept_precision"] = _frac([r["top1"] == r["card_id"] for r in acc]) if acc else None
         s["accepted_wrong"] = sum(1 for r in acc if r["top1"] != r["card_id"])
+        # accepts a reprint contest decided (the margin is a patch verdict between printings of one illustration)
+        s["accepted_contests"] = sum(1 for r in acc if r.get("reprint_contest"))
+        s["accepted_contests_wrong"] = sum(1 for r in acc if r.get("reprint_contest") and r["top1"] != r["card_id"])
         # identified despite a soft gate failure (glare, slight blur, a sliver out of view): never accepted
         flagged = [r for r in ident if r.get("quality_flag")]
         s["soft_flagged"] = len(flagged)
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also draw every test photo (labelled boxes green, detected quads red) and write per-photo "
                          "IoUs to DIR/photos.jsonl")
     ap.add_argument("--sets", default=None, help="comma-separated subset of the capture sets (default: all)")
+    ap.add_argument("--records-out", metavar="FILE", default=None,
+                    help="also write one JSON line per scannable card (set, frame, card_id, decision, top1, "
+                         "reprint_contest, confidence, iou, …): the summaries' raw material")
     a = ap.parse_args(argv)
     pipe = VisionPipeline.from_bundle(a.bundle, a.threads, detector=a.detector)
     index = CatalogIndex.load(a.catalog)
@@ -266,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             ("sv1_real_scans_scanner_box", sv1, "scanner_box"), ("full_catalog_fan", index.ids, "fan"),
             ("full_catalog_row", index.ids, "row"))
     wanted = set(a.sets.split(",")) if a.sets else None
+    records = open(a.records_out, "w") if a.records_out else None
     for name, ids, mode in sets:
         if wanted and name not in wanted:
             continue
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         recs, orecs, timings = run_captures(pipe, a.catalog, ids, a.n if mode != "grid" else max(1, a.n // 5),
                                             a.seed, mode, oracle=mode != "grid", extras=extras)
         s = summarize(recs)
+        if records is not None:
+            records.writelines(json.dumps({"set": name} | r) + "\n" for r in recs)
         # accepted detections that are no scannable card (covered cards of a fan / pile, slivers out of view)
         s["accepted_unscannable"] = len(extras)
         s["accepted_unscannable_wrong"] = sum(1 for e in extras if not e["right"])
@@ -282,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         s["ms_median"] = {k: round(float(np.median([t[k] for t in timings])), 2) for k in timings[0]}
         report[name] = s
         print(name, json.dumps(s), flush=True)
+    if records is not None:
+        records.close()
     if not a.skip_photos:
         report["photos_test"] = photo_eval(pipe, dump_dir=a.photo_dump)
         print("photos_test", json.dumps(report["photos_test"]), flush=True)

@@ -173,3 +173,35 @@ def test_the_photo_report_can_draw_every_photo(shared_data, tmp_path):
     assert len(ious) == rep["gt_boxes"]
     assert abs(float(np.mean(ious)) - rep["mean_iou"]) < 1e-3
     assert sum(r["false_positives"] for r in rows) == rep["false_positives"]
+
+
+def test_a_pinched_whole_must_read_as_an_accept_to_replace_its_pieces():
+    """A kernel cut at its neck is two touching cards far more often than one card, so its uncut outline replaces
+    the pieces only when it reads as well as an accept; the closer look's whole needs only to read better than
+    every piece. The same halves and whole of a golden card, read by the real pipeline, with an accept floor
+    above the whole's own reading: the pinched whole stays out, the closer look's whole comes in."""
+    import dataclasses
+
+    from device.vision import geometry as G
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    frame = cv2.imread(str(BUNDLE / "golden" / "golden_0.jpg"))
+    det = pipe.detector.detect(frame)[0]
+    q = det.quad
+    mid_l, mid_r = (q[0] + q[3]) / 2, (q[1] + q[2]) / 2
+    whole_read = pipe._read(frame, pipe._gate(frame, det))[0].score
+    for pinched, taken in ((True, False), (False, True)):
+        whole = Detection(q.copy(), det.score, "cnn", 1.0, {"pinched": True} if pinched else {})
+        todo, best = [], {}
+        for half in (np.array([q[0], q[1], mid_r, mid_l]), np.array([mid_l, mid_r, q[2], q[3]])):
+            passed = pipe._gate(frame, Detection(half.astype(np.float32), det.score, "cnn", 1.0, {"whole": whole}))
+            todo.append(passed)
+            best[len(todo) - 1] = pipe._read(frame, passed)
+        assert max(b[0].score for b in best.values()) < whole_read  # the whole reads better than every half
+        pipe.thresholds = dataclasses.replace(pipe.thresholds, accept_confidence=0.9,
+                                              confidence_min_score=whole_read + 0.01)
+        pipe._reunite(frame, {id(whole): whole}, todo, best)
+        assert (sorted(best) == [2]) is taken and len(best) == (1 if taken else 2)
+        if taken:
+            assert G.quad_iou(best[2][1], q) > 0.9

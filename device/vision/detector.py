@@ -305,7 +305,7 @@ def _nearest_part(lab: np.ndarray, keep: list[int]) -> np.ndarray:
 
 def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.ndarray | None = None,
                 kernel_thresh: float = 0.5, min_cells: int = 3, split: bool = True,
-                around: np.ndarray | None = None) -> list[Detection]:
+                around: np.ndarray | None = None, wholes: bool = True) -> list[Detection]:
     """maps: [3, h, w] probabilities (face, kernel, top) at the detector output resolution.
 
     Kernel components = card instances. Each face pixel goes to its nearest kernel (distance transform),
@@ -314,7 +314,9 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
     ``split``: kernels of touching / overlapping cards that merged through a thin neck are cut apart
     (``split_kernels``). ``around``: a frame polygon; only detections whose quad is centred inside it are
     returned (a zoomed pass looks at one detection; its neighbours at the crop's border are not wanted), and
-    kernels lying well outside it are not even fitted."""
+    kernels lying well outside it are not even fitted. ``wholes``: each piece of a cut kernel carries the uncut
+    component's detection (``info["whole"]``, marked ``pinched``; see below) — the first pass's job only: the
+    pieces of a zoomed pass are a second look already, and nothing reads their whole."""
     _, h, w = maps.shape
     up = OUTPUT_STRIDE  # work at input resolution: sub-cell accuracy from the interpolated probabilities
     size = (w * up, h * up)
@@ -385,26 +387,26 @@ def decode_maps(maps: np.ndarray, s: float, off: tuple[float, float], gray: np.n
                          {"top_margin": round(top_margin, 3)})
 
     dets: list[Detection] = []
-    wholes: dict[int, Detection | None] = {}
+    uncut: dict[int, Detection | None] = {}
     for j in keep:
         kmask = lab == j
         ys, xs = np.nonzero(kmask)
         d = fit(kmask, face_bin & (near == near[ys[0], xs[0]]))
         if d is None:
             continue
-        if j in origin:
+        if wholes and j in origin:
             # a piece of a pinched kernel: one card's art window and text box come apart this way as well as
             # two touching cards, and the shape cannot always tell (a tilted, blurred card: simulated hand-held
             # sv1 captures); the unsplit component goes along so the pipeline can read it whole when that reads
             # better (``VisionPipeline._reunite``)
             o = origin[j]
-            if o not in wholes:
+            if o not in uncut:
                 parts = [p for p in keep if origin.get(p) == o]
-                wholes[o] = fit(whole_lab == o, face_bin & np.isin(near, parts))
-                if wholes[o] is not None:
-                    wholes[o].info["pinched"] = True
-            if wholes[o] is not None:
-                d.info["whole"] = wholes[o]
+                uncut[o] = fit(whole_lab == o, face_bin & np.isin(near, parts))
+                if uncut[o] is not None:
+                    uncut[o].info["pinched"] = True
+            if uncut[o] is not None:
+                d.info["whole"] = uncut[o]
         dets.append(d)
     dets.sort(key=lambda d: -abs(cv2.contourArea(d.quad)))
     return dets
@@ -513,7 +515,8 @@ class TFLiteDetector(Detector):
         m = np.array([[s, 0, off[0]], [0, s, off[1]]], np.float32)
         x = cv2.warpAffine(frame, m, (W, H), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
-        return decode_maps(self._run(x), s, off, None, self.kernel_thresh, split=self.split, around=around)
+        return decode_maps(self._run(x), s, off, None, self.kernel_thresh, split=self.split, around=around,
+                           wholes=False)
 
     def separate(self, frame: np.ndarray, quad: np.ndarray, margin: float = 0.15, score: float = 1.0) -> list[Detection]:
         """A second look at a detection that read badly, zoomed on ``quad`` (2–3× the scale): touching or

@@ -366,8 +366,10 @@ class VisionPipeline:
             ms["match"] += (time.perf_counter() - t5) * 1e3
             t6 = time.perf_counter()
             # a card whose kernel the first pass cut at a neck is read whole before its pieces are looked at
-            # closer: the zoomed pass on a piece of one card finds that same card again, once per piece
+            # closer (the zoomed pass on a piece of one card finds that same card again, once per piece); what
+            # the closer look took apart, after
             pinched = {k: w for k, w in wholes.items() if w.info.get("pinched")}
+            closer = {k: w for k, w in wholes.items() if k not in pinched}
             if pinched:
                 self._reunite(frame, pinched, todo, best)
             # the worst-read detections first, at most max_separate a frame: a binder page of nine small cards
@@ -379,8 +381,8 @@ class VisionPipeline:
                     for passed, read in pieces:
                         todo.append(passed)
                         best[len(todo) - 1] = read
-            if len(wholes) > len(pinched):
-                self._reunite(frame, {k: w for k, w in wholes.items() if k not in pinched}, todo, best)
+            if closer:
+                self._reunite(frame, closer, todo, best)
             merged = self._merge(frame, todo, best)
             if merged is not None:
                 pieces, passed, read = merged
