@@ -18,6 +18,7 @@ from device.vision.decision import Thresholds, decide
 from device.vision.detector import (INPUT_SIZE, KERNEL_SHRINK, OUTPUT_STRIDE, ContourDetector, Detection, GateConfig,
                                     crop_reject, decode_maps, geometry_reject, inside_fraction, letterbox, refine_quad,
                                     soft_failure)
+from device.vision import matcher as matcher_mod
 from device.vision.matcher import CatalogMatcher, Match, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,6 +251,24 @@ def test_matcher_topk_over_quantized_catalog():
     assert r.card_ids[0] == "c-1234" and len(r.card_ids) == 5
     assert r.scores == sorted(r.scores, reverse=True)
     assert 0.9 < r.score <= 1.0001 and r.margin > 0.3
+
+
+@pytest.mark.parametrize("n", [1, 3, matcher_mod.GEMV_MAX + 5])
+def test_matcher_many_queries_match_one_at_a_time(n):
+    """A frame's queries go one vector × matrix product each or, above GEMV_MAX, one matrix product: both give
+    what the unit rows say, and ``matrix`` is still the rows (the reprint contests index it)."""
+    rng = np.random.default_rng(n)
+    emb = rng.normal(size=(3000, 192)).astype(np.float32)
+    m = CatalogMatcher(quantize_int8(emb / np.linalg.norm(emb, axis=1, keepdims=True)), [f"c-{i}" for i in range(3000)])
+    rows = m.matrix
+    assert rows.shape == (3000, 192) and np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
+    q = rng.normal(size=(n, 192)).astype(np.float32)
+    for got, x in zip(m.topk_many(q, 5), q):
+        want = rows @ (x / np.linalg.norm(x))
+        order = np.argsort(-want)[:5]
+        assert got.card_ids == [f"c-{i}" for i in order]
+        assert np.allclose(got.scores, want[order], atol=1e-5)
+        assert np.allclose(m.scores(x), want, atol=1e-5)
 
 
 def test_decision_rule():

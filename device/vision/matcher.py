@@ -2,8 +2,13 @@
 
 The bundle stores ``catalog/embeddings.npy`` as int8 (or float16) rows. At load the matrix is turned into
 float32 rows of unit length once (19,783 × 192 floats ≈ 15 MB), so each query is a single BLAS
-matrix-vector product (≈ 4 M multiply-adds, well under a millisecond on a Pi 5 core) plus an
+vector-matrix product (≈ 4 M multiply-adds, well under a millisecond on a Pi 5 core) plus an
 ``argpartition`` for the top-k. Cosine on the de-quantised rows is exact for what is stored.
+
+The rows are kept transposed (192 × 19,783, C order): OpenBLAS's vector × matrix over that layout is 2–3×
+faster on one thread than matrix × vector over the rows, and a few queries one at a time beat one
+matrix-matrix product with a skinny side (docs/device-vision.md, fifteenth session, has the figures and the
+command).
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+
+GEMV_MAX = 6  # queries above which one matrix-matrix product is faster (OpenBLAS, one thread, 192-d)
 
 
 @dataclass
@@ -38,9 +46,14 @@ class CatalogMatcher:
             raise ValueError(f"embeddings {embeddings.shape} do not match {len(ids)} ids")
         m = embeddings.astype(np.float32)
         m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-8)
-        self.matrix = np.ascontiguousarray(m)
+        self.columns = np.ascontiguousarray(m.T)  # [dim, N]: one catalog printing per column
         self.ids = list(ids)
         self.dim = m.shape[1]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The unit rows [N, dim] (a view of ``columns``, no copy)."""
+        return self.columns.T
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> "CatalogMatcher":
@@ -52,7 +65,7 @@ class CatalogMatcher:
     def scores(self, query: np.ndarray) -> np.ndarray:
         q = np.asarray(query, np.float32).reshape(-1)
         q = q / max(float(np.linalg.norm(q)), 1e-8)
-        return self.matrix @ q
+        return q @ self.columns
 
     def topk(self, query: np.ndarray, k: int = 5) -> Match:
         return self.topk_many(np.asarray(query, np.float32).reshape(1, -1), k)[0]
@@ -61,9 +74,10 @@ class CatalogMatcher:
         """All cards of a frame in one matrix product: the catalog matrix is read once, not once per card."""
         q = np.asarray(queries, np.float32)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-8)
-        # catalog × queries, not queries × catalog.T: about 1.6× faster on one OpenBLAS thread
-        # (docs/device-vision.md, twelfth session, has the timeit command)
-        S = (self.matrix @ q.T).T if len(q) > 1 else (self.matrix @ q[0])[None]
+        # up to GEMV_MAX queries (a frame's cards and their quarter-turn readings, mostly) one vector × matrix
+        # product each: the matrix-matrix product with a side that skinny is 2–3× slower on one OpenBLAS thread;
+        # a binder page's many queries amortise it
+        S = np.stack([x @ self.columns for x in q]) if len(q) <= GEMV_MAX else q @ self.columns
         k = min(k, S.shape[1])
         out = []
         for s in S:
