@@ -205,3 +205,30 @@ def test_a_pinched_whole_must_read_as_an_accept_to_replace_its_pieces():
         assert (sorted(best) == [2]) is taken and len(best) == (1 if taken else 2)
         if taken:
             assert G.quad_iou(best[2][1], q) > 0.9
+
+
+def test_cards_laid_edge_to_edge_seen_as_one_are_cut_apart(shared_data):
+    """Two real sv1 scans side by side, touching, under one outline (what both of the detector's looks return for
+    such a pair: a landscape card's shape): the cut gives two parts that read as the two cards, flagged
+    ``pieces`` (read, never accepted). A single card that matched nothing is not cut: its halves read as
+    nothing (``VisionPipeline._cut``)."""
+    from device.vision.matcher import Match
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    rng = np.random.default_rng(3)
+    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    ids = ["sv1-25", "sv1-81"]
+    for k, cid in enumerate(ids):
+        img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
+        frame[120:330, 170 + 150 * k:320 + 150 * k] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
+    pair = pipe._gate(frame, Detection(_rect(170, 120, 470, 330), 0.9, "cnn", 1.0, {}))
+    whole = pipe._read(frame, pair)[0]
+    assert whole.score < pipe.thresholds.no_card_score  # the pair reads as no card
+    parts = pipe._cut(frame, pair, whole)
+    assert parts is not None and len(parts) == 2
+    assert sorted(read[0].card_ids[0] for _, read in parts) == ids
+    assert all(passed.flag == "pieces" for passed, _ in parts)
+    one = pipe._gate(frame, Detection(_rect(170, 120, 320, 330), 0.9, "cnn", 1.0, {}))
+    assert pipe._read(frame, one)[0].card_ids[0] == ids[0]
+    assert pipe._cut(frame, one, Match(["x"], [0.2])) is None

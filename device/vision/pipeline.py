@@ -38,6 +38,8 @@ from device.vision.reprints import RerankConfig, Reprints
 
 TOP_K = 5
 MAX_SEPARATE = 2  # default zoomed second passes for merged cards per frame (VisionPipeline._split)
+MAX_CUT = 3  # detections a frame that may be cut into cards laid edge to edge (VisionPipeline._cut)
+CUT_ASPECT_TOL = 0.1  # how far from a card's aspect the parts of such a cut may be
 
 
 class _Passed(NamedTuple):
@@ -274,6 +276,47 @@ class VisionPipeline:
             return None
         return out
 
+    def _cut(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
+        """Cards laid edge to edge that both of the detector's looks saw as one: two portrait cards side by side
+        make a landscape card's outline (126 × 88 mm), two or more along their length a long strip. When a CNN
+        detection matched nothing and cutting it across its long side into k equal parts (k = 2–4, the one
+        whose parts have a card's aspect) gives parts that each read better than the whole and one of which
+        matches as well as an accept, the parts (edge-snapped: the cut need not lie on the seam) replace it.
+        Flagged ``pieces`` like ``_merge``'s outline: read, never accepted (the calibration never saw such
+        quads); the server gets the crops. Half of one card reads as nothing, so single cards stay whole.
+        Costs k warps + embeds + matches, only for detections that matched nothing."""
+        th = self.thresholds
+        if self._cnn is None or t.source != "cnn" or t.whole is not None or whole.score >= th.no_card_score:
+            return None
+        q = order_quad(t.quad)
+        sides = [float(np.linalg.norm(q[(i + 1) % 4] - q[i])) for i in range(4)]
+        if sides[0] + sides[2] > sides[1] + sides[3]:
+            q = np.roll(q, -1, axis=0)  # q[0]→q[1] and q[3]→q[2] are now the short sides: cut along q[0]→q[3]
+        short = 0.5 * (float(np.linalg.norm(q[1] - q[0])) + float(np.linalg.norm(q[2] - q[3])))
+        long_ = 0.5 * (float(np.linalg.norm(q[3] - q[0])) + float(np.linalg.norm(q[2] - q[1])))
+        k = min(range(2, 5), key=lambda n: abs(min(short, long_ / n) / max(short, long_ / n) - CARD_ASPECT))
+        if abs(min(short, long_ / k) / max(short, long_ / k) - CARD_ASPECT) > CUT_ASPECT_TOL:
+            return None
+        out = []
+        for j in range(k):
+            a, b = j / k, (j + 1) / k
+            piece = np.float32([q[0] + a * (q[3] - q[0]), q[1] + a * (q[2] - q[1]),
+                                q[1] + b * (q[2] - q[1]), q[0] + b * (q[3] - q[0])])
+            det = Detection(portrait_quad(order_quad(piece)), t.score, "cnn", 1.0, {"cut": k})
+            self._cnn.snap(frame, det)
+            passed = self._gate(frame, det)
+            if passed is None:
+                return None
+            # a cut part has no top side of its own: both readings
+            passed = passed._replace(unsure=True, flag="pieces")
+            read = self._read(frame, passed)
+            if read[0].score <= whole.score:
+                return None
+            out.append((passed, read))
+        if max(read[0].score for _, read in out) < th.accept_floor:
+            return None
+        return out
+
     def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> tuple[list[int], _Passed, tuple] | None:
         """One card the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
         simulated stack's card was read in 2-3 pieces in most of its frames and never counted): when two or more
@@ -379,6 +422,13 @@ class VisionPipeline:
                 if pieces:
                     del best[i]
                     for passed, read in pieces:
+                        todo.append(passed)
+                        best[len(todo) - 1] = read
+            for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
+                parts = self._cut(frame, todo[i], best[i][0])
+                if parts:
+                    del best[i]
+                    for passed, read in parts:
                         todo.append(passed)
                         best[len(todo) - 1] = read
             if closer:
