@@ -281,7 +281,7 @@ class VisionPipeline:
         make a landscape card's outline (126 × 88 mm), two or more along their length a long strip. When a CNN
         detection matched nothing and cutting it across its long side into k equal parts (k = 2–4, the one
         whose parts have a card's aspect) gives parts that each read better than the whole and one of which
-        matches as well as an accept, the parts (edge-snapped: the cut need not lie on the seam) replace it.
+        matches a catalog card (≥ no_card_score), the parts (edge-snapped: the cut need not lie on the seam) replace it.
         Flagged ``pieces`` like ``_merge``'s outline: read, never accepted (the calibration never saw such
         quads); the server gets the crops. Half of one card reads as nothing, so single cards stay whole.
         Costs k warps + embeds + matches, only for detections that matched nothing."""
@@ -313,7 +313,7 @@ class VisionPipeline:
             if read[0].score <= whole.score:
                 return None
             out.append((passed, read))
-        if max(read[0].score for _, read in out) < th.accept_floor:
+        if max(read[0].score for _, read in out) < th.no_card_score:
             return None
         return out
 
