@@ -139,3 +139,43 @@ def test_demo_bundle_carries_patches_and_the_settings_they_were_calibrated_with(
     pipe = VisionPipeline.from_bundle(BUNDLE, 1)
     assert pipe.reprints is not None and len(pipe.reprints) > 1000 and pipe.rerank == cfg
     assert (BUNDLE / FILE).stat().st_size <= 8 * 1024 * 1024
+
+
+def test_quad_gap():
+    from device.vision.geometry import quad_gap
+
+    def rect(x0, y0, x1, y1):
+        return np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+
+    a = rect(0, 0, 100, 140)
+    assert quad_gap(a, rect(103, 0, 203, 140)) == pytest.approx(3.0)
+    assert quad_gap(a, rect(90, 10, 190, 150)) == 0.0  # overlapping
+    assert quad_gap(a, rect(110, 150, 210, 290)) == pytest.approx(np.hypot(10, 10), rel=1e-4)  # corner to corner
+
+
+def test_a_reprint_verdict_on_a_card_against_another_is_not_accepted(shared_data):
+    """Two rendered cards whose printings are decided by a reprint contest (Base Set and Base Set 2 share the
+    illustrations): 60 px apart both are accepted; laid edge to edge (2 px) both are still named right but flagged
+    ``touching`` and left ambiguous — the neighbour's edge can pull a quad's corners a few pixels, which decides
+    patches that small (``VisionPipeline._touching``)."""
+    from device.vision.pipeline import VisionPipeline
+    from models.synth.catalog import load_cards
+    from models.synth.render import render_card
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    cards, set_index = load_cards(shared_data / "pokemon-tcg-data", shared_data / "PTCGextension/cards",
+                                  sets=["base1", "base4"])
+    by_id = {c.id: c for c in cards}
+    ids = ["base1-7", "base1-9"]
+    faces = [cv2.resize(render_card(by_id[c], set_index, (240, 336)), (200, 280), interpolation=cv2.INTER_AREA)
+             for c in ids]
+    rng = np.random.default_rng(3)
+    table = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    for gap, decision, flag in ((60, "accept", None), (2, "ambiguous", "touching")):
+        frame = table.copy()
+        for k, f in enumerate(faces):
+            x = 100 + k * (200 + gap)
+            frame[100:380, x:x + 200] = f
+        cards_read = sorted(pipe.process(frame).cards, key=lambda c: c.quad[:, 0].mean())
+        assert [c.card_id for c in cards_read] == ids
+        assert all(c.reprint_contest and c.decision == decision and c.quality_flag == flag for c in cards_read), gap

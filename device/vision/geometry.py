@@ -168,3 +168,15 @@ def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
         return 0.0
     inter, _ = cv2.intersectConvexConvex(cv2.convexHull(pa), cv2.convexHull(pb))
     return float(inter / (area_a + area_b - inter)) if inter > 0 else 0.0
+
+
+def quad_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between two convex quads in frame px, 0 when they touch or overlap: the nearest vertex of
+    either to the other's outline (two disjoint convex polygons are nearest at a vertex of one of them)."""
+    pa = cv2.convexHull(np.asarray(a, np.float32).reshape(4, 2))
+    pb = cv2.convexHull(np.asarray(b, np.float32).reshape(4, 2))
+    inter, _ = cv2.intersectConvexConvex(pa, pb)
+    if inter > 0:
+        return 0.0
+    return max(0.0, min(-cv2.pointPolygonTest(q, (float(x), float(y)), True)
+                        for p, q in ((pa, pb), (pb, pa)) for x, y in p.reshape(-1, 2)))

@@ -55,7 +55,9 @@ class ReviewItem(BaseModel):
                                      "failure (glare, too_blurry, partially_out_of_view: the crop may be poor) or "
                                      "low_score (nothing in the catalog matched on the device: maybe not a catalog "
                                      "card at all) or pieces (read from the outline of pieces the device's detector "
-                                     "cut the card into: its corners may be off).")
+                                     "cut the card into, or cut from one outline around cards laid edge to edge: its "
+                                     "corners may be off) or touching (a reprint verdict read off a card lying against "
+                                     "another: the neighbour's edge may have pulled its corners).")
     device_confidence: float | None = Field(None, description="The device's calibrated confidence in its top "
                                             "candidate (None: an older device or bundle).")
 
