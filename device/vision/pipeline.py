@@ -381,9 +381,9 @@ class VisionPipeline:
         """The clean reprint-contest reads whose quad touches or overlaps another card of the frame (within
         TOUCH_GAP of its height): the contest is decided by patches a few pixels wide at exact places on the
         card, and where a card lies against another the edge snap can take the neighbour's edge for its own.
-        On cards laid edge to edge (``full_catalog_row``, 1,000 frames, demo-12) 11 of the 12 wrong contest
-        accepts touched a neighbour, against 127 of the 160 right ones; flagged ``touching``, such a card goes to
-        the server as ambiguous rather than be accepted (docs/device-vision.md, fifteenth session)."""
+        Flagged ``touching``, such a card goes to the server as ambiguous rather than be accepted: on cards laid
+        edge to edge (``models.vision_eval`` set ``full_catalog_row``, 1,000 frames, demo-12) contest accepts
+        162 → 30 and wrong ones 12 → 1 (docs/device-vision.md, fifteenth session)."""
         out = set()
         for i, (m, quad, _, _) in best.items():
             if not m.contest or todo[i].flag or m.score < self.thresholds.no_card_score:
