@@ -382,3 +382,27 @@ def test_a_card_slid_on_unseen_and_read_ambiguous_counts_unless_its_reading_list
     feed(t, empty() + entering() + below + new + empty(3))
     expected = {"bw5-19": 1} if lists_the_card_below else {"bw5-19": 1, "swsh12pt5-18": 1}
     assert t.counts == expected
+
+
+def test_accepts_naming_different_cards_in_one_window_go_to_the_server():
+    """The bench's stack seed 5010: a card lying still accepted as itself and as its same-art reprint in alternate
+    frames (a reprint contest deciding one way, then the other, each at 0.98). The tracker counts the leading
+    identity, but the reading it records goes out ambiguous, flagged ``disputed``: the server resolves it from the
+    crop. A window whose accepts agree keeps its accept."""
+    from device.vision.pipeline import CardResult
+
+    def reading(card_id: str, other: str, seed: int) -> Observation:
+        rng = np.random.default_rng(seed)
+        r = CardResult(_quad(), "accept", card_id, 0.9, 0.02, [(card_id, 0.9), (other, 0.88)], reprint_contest=True,
+                       confidence=0.978)
+        return Observation([SeenCard(card_id, _quad(dx=rng.normal(0, 1.5), dy=rng.normal(0, 1.5)), r)])
+
+    for ids, decision, flag in ((["base6-110", "base4-122", "base6-110"], "ambiguous", "disputed"),
+                                (["base4-122"] * 3, "accept", None)):
+        t = StackTracker(StackConfig(stable_frames=3))
+        frames = [reading(cid, "base4-122" if cid == "base6-110" else "base6-110", i) for i, cid in enumerate(ids)]
+        ev = feed(t, empty() + entering() + frames + empty(3))
+        placed = [e for e in ev if e.kind == "placed"]
+        assert len(placed) == 1 and t.counts == {ids[0]: 1}
+        assert placed[0].card.result.decision == decision and placed[0].card.result.quality_flag == flag
+        assert all(f.cards[0].result.decision == "accept" for f in frames)  # the frames' own readings untouched

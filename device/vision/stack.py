@@ -12,6 +12,8 @@ Rules (the scan counter, not the identifier, decides what a placement is):
   same way frame after frame (same pose, same blur), so repeated ambiguous readings are not independent
   evidence (a simulated stack, bundle demo-8, read sv7-110 as its same-art reprint sv7-162 in 4 of 7 frames,
   all ambiguous, and the 3 accepted frames were right); within a tier clean frames outvote soft-flagged ones;
+  accepted frames of one window that name **different cards** leave the recorded reading ambiguous
+  (``quality_flag`` disputed): the accept rule contradicted itself on that card, so the server decides;
 * a card identified despite a **soft** gate failure (glare, slight blur, a sliver out of view:
   ``SeenCard.flag``) counts like any other, but a clean accepted frame is preferred: while a still window
   holds none its decision waits up to ``soft_patience_frames`` more frames for one (the identity is then voted
@@ -38,6 +40,8 @@ adapts a ``device.vision.pipeline.FrameResult``; tests feed ground-truth observa
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +115,19 @@ class _Tally:
     @property
     def leader(self) -> str | None:
         return max(self.votes, key=self.votes.get)
+
+
+def _disputed(c: SeenCard) -> SeenCard:
+    """``c`` with its reading turned ambiguous (``quality_flag`` disputed): the device accepted different cards
+    in frames of one still window — a reprint contest decided one way and the other as the card lay still (bench
+    stack seed 5010: base4-122 accepted as itself and as its same-art reprint base6-110 in alternate frames, each
+    at confidence 0.98). An accept rule that contradicts itself on one card is no 99.9 % evidence: the server
+    resolves the card from the crop. The tracker still counts the leading identity."""
+    if getattr(c.result, "decision", None) != "accept":
+        return c
+    r = copy.copy(c.result)  # the window's readings keep their own decisions
+    r.decision, r.quality_flag = "ambiguous", "disputed"
+    return dataclasses.replace(c, result=r)
 
 
 def tier(c: SeenCard) -> int:
@@ -309,6 +326,8 @@ class StackTracker:
         self._decided = True
         chosen = self._tiers[max(self._tiers)]
         c = chosen.best[chosen.leader][1]
+        if len({cid for t, tally in self._tiers.items() if t >= ACCEPTED_TIER for cid in tally.votes}) > 1:
+            c = _disputed(c)
         if not self.stack:
             events.append(self._count("placed", c))
         elif c.card_id == self.stack[-1].card_id and not (self._arrival or self._merged):
