@@ -670,19 +670,23 @@ def test_a_card_cut_into_pieces_is_read_from_their_outline():
         best[k] = pipe._read(frame, passed)
         assert best[k][0].score < pipe.thresholds.no_card_score  # a half is no card
     merged = pipe._merge(frame, todo, best)
-    assert merged is not None
-    pieces, passed, read = merged
+    assert len(merged) == 1
+    pieces, passed, read = merged[0]
     assert sorted(pieces) == [0, 1] and passed.flag == "pieces"
     assert read[0].card_ids[0] == card_id and read[0].score >= pipe.thresholds.accept_score
     assert G.quad_iou(read[1], q) > 0.9
     # a lone piece, or pieces whose outline is no card (side by side: twice as wide), are left alone
-    assert pipe._merge(frame, todo[:1], {0: best[0]}) is None
+    assert pipe._merge(frame, todo[:1], {0: best[0]}) == []
     w = q[1] - q[0]
     beside = [np.array([p + w * k for p in halves[0]]) for k in (0, 1.05)]
     side = [_Passed(b.astype(np.float32), G.rectify(frame, b), {}, False, None, "cnn", 0.85) for b in beside]
     side_reads = {k: pipe._read(frame, p) for k, p in enumerate(side)}
     assert all(r[0].score < pipe.thresholds.no_card_score for r in side_reads.values())
-    assert pipe._merge(frame, side, side_reads) is None
+    assert pipe._merge(frame, side, side_reads) == []
+    # the two halves beside a third piece of nothing: all three outline no card, the pair of halves does
+    todo3, best3 = todo + side[1:], {**best, 2: side_reads[1]}
+    merged = pipe._merge(frame, todo3, best3)
+    assert len(merged) == 1 and sorted(merged[0][0]) == [0, 1] and merged[0][2][0].card_ids[0] == card_id
 
 
 @needs_bundle

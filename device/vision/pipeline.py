@@ -16,6 +16,7 @@ contour-fallback detection (the CNN saw no card there) is ``no_card`` unless it 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -319,24 +320,50 @@ class VisionPipeline:
             return None
         return out
 
-    def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> tuple[list[int], _Passed, tuple] | None:
-        """One card the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
-        simulated stack's card was read in 2-3 pieces in most of its frames and never counted): when two or more
-        CNN detections of the frame match no catalog card and together outline one card (the minimum-area
-        rectangle around them has a card's aspect and they fill it), that outline, edge-snapped, is read as a
-        card. Returns (indices of the pieces, passed, read) when it matches a card better than every piece
-        did, else None. Costs one warp + embed + match, and only in frames with such pieces."""
+    def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> list[tuple[list[int], _Passed, tuple]]:
+        """Cards the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
+        simulated stack's card was read in 2-3 pieces in most of its frames and never counted; a real sv1 scan held
+        in the hand cut at its text box): when CNN detections of the frame that match no catalog card together
+        outline one card (the minimum-area rectangle around them has a card's aspect and they fill it), that
+        outline, edge-snapped, is read as a card. All such pieces of the frame together first, then pairs of them
+        (a frame holding two cards cut up, or a cut card beside another piece of nothing), the fullest outline
+        first. Returns [(indices of the pieces, passed, read)] of the outlines that match a card better than
+        each of their pieces did. Costs one warp + embed + match per card-shaped outline, only in frames with
+        such pieces."""
         low = [i for i in best if todo[i].source == "cnn" and best[i][0].score < self.thresholds.no_card_score]
-        if len(low) < 2:
-            return None
-        hull = cv2.convexHull(np.concatenate([todo[i].quad for i in low]).astype(np.float32))
+        out = []
+        while len(low) >= 2:
+            groups = [low] + sorted((list(g) for g in itertools.combinations(low, 2)) if len(low) > 2 else [],
+                                    key=lambda g: -self._outline(todo, g)[1])
+            for group in groups:
+                got = self._merge_group(frame, todo, best, group)
+                if got is not None:
+                    out.append(got)
+                    low = [i for i in low if i not in group]
+                    break
+            else:
+                break
+        return out
+
+    @staticmethod
+    def _outline(todo: list[_Passed], group: list[int]) -> tuple[tuple, float]:
+        """The minimum-area rectangle around ``group``'s quads and how well they fill it (0 when it has no card's
+        aspect)."""
+        hull = cv2.convexHull(np.concatenate([todo[i].quad for i in group]).astype(np.float32))
         rect = cv2.minAreaRect(hull)
         w, h = sorted(rect[1])
-        if h <= 0 or abs(w / h - CARD_ASPECT) > 0.12 or cv2.contourArea(hull) < 0.85 * w * h:
+        if h <= 0 or abs(w / h - CARD_ASPECT) > 0.12:
+            return rect, 0.0
+        return rect, cv2.contourArea(hull) / (w * h)
+
+    def _merge_group(self, frame: np.ndarray, todo: list[_Passed], best: dict, group: list[int]
+                     ) -> tuple[list[int], _Passed, tuple] | None:
+        rect, fill = self._outline(todo, group)
+        if fill < 0.85:
             return None
         quad = portrait_quad(order_quad(cv2.boxPoints(rect)))
-        info: dict = {"merged": len(low)}
-        det = Detection(quad, max(todo[i].score for i in low), "cnn", 1.0, info)
+        info: dict = {"merged": len(group)}
+        det = Detection(quad, max(todo[i].score for i in group), "cnn", 1.0, info)
         if self._cnn is not None:
             self._cnn.snap(frame, det)
         passed = self._gate(frame, det)
@@ -346,9 +373,9 @@ class VisionPipeline:
         # such outlines, so the device does not accept them; the server gets the crop
         passed = passed._replace(unsure=True, flag="pieces")  # the gate's own soft flag stays in the quality
         read = self._read(frame, passed)
-        if read[0].score < self.thresholds.no_card_score or read[0].score <= max(best[i][0].score for i in low):
+        if read[0].score < self.thresholds.no_card_score or read[0].score <= max(best[i][0].score for i in group):
             return None
-        return low, passed, read
+        return group, passed, read
 
     def _reunite(self, frame: np.ndarray, wholes: dict[int, Detection], todo: list[_Passed], best: dict) -> None:
         """The detector's closer look took a detection apart into overlapping cards (``TFLiteDetector.closer``),
@@ -452,9 +479,7 @@ class VisionPipeline:
                         best[len(todo) - 1] = read
             if closer:
                 self._reunite(frame, closer, todo, best)
-            merged = self._merge(frame, todo, best)
-            if merged is not None:
-                pieces, passed, read = merged
+            for pieces, passed, read in self._merge(frame, todo, best):
                 for i in pieces:
                     del best[i]
                 todo.append(passed)
