@@ -33,7 +33,7 @@ from device.vision.detector import (CombinedDetector, ContourDetector, Detection
 from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
 from device.vision.geometry import (CARD_ASPECT, EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, order_quad,
-                                    portrait_quad, quad_gap, rectify)
+                                    portrait_quad, quad_gap, quad_iou, rectify)
 from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
@@ -320,6 +320,44 @@ class VisionPipeline:
             return None
         return out
 
+    def _extend(self, frame: np.ndarray, i: int, todo: list[_Passed], best: dict) -> tuple[_Passed, tuple] | None:
+        """Half a card that the detector took for a whole one (a real sv1 scan held in the hand: its art window
+        alone, or its text box, read as nothing): a CNN detection that matched nothing with half a card's shape
+        (cut across: as wide as a card, half as tall) is read as the card it may be half of, the other half
+        added on either side (edge-snapped, both readings). The better reading replaces it when it matches a card,
+        better than the detection did, and lies on no other card of the frame (it would read that card again).
+        Flagged ``pieces``: read, never accepted. Costs two warps + embeds + matches, only for such detections."""
+        t, whole = todo[i], best[i][0]
+        th = self.thresholds
+        if (self._cnn is None or t.source != "cnn" or t.whole is not None or t.flag == "pieces"
+                or whole.score >= th.no_card_score):
+            return None
+        q = order_quad(t.quad)
+        sides = [float(np.linalg.norm(q[(k + 1) % 4] - q[k])) for k in range(4)]
+        if sides[0] + sides[2] < sides[1] + sides[3]:
+            q = np.roll(q, -1, axis=0)  # q[0]→q[1] and q[3]→q[2] are now the long sides
+        long_ = 0.5 * (float(np.linalg.norm(q[1] - q[0])) + float(np.linalg.norm(q[2] - q[3])))
+        short = 0.5 * (float(np.linalg.norm(q[3] - q[0])) + float(np.linalg.norm(q[2] - q[1])))
+        if long_ <= 0 or abs(short / long_ - 0.5 / CARD_ASPECT) > CUT_ASPECT_TOL:
+            return None
+        others = [best[j][1] for j in best if j != i]
+        out = None
+        for card in (np.float32([2 * q[0] - q[3], 2 * q[1] - q[2], q[2], q[3]]),
+                     np.float32([q[0], q[1], 2 * q[2] - q[1], 2 * q[3] - q[0]])):
+            det = Detection(portrait_quad(order_quad(card)), t.score, "cnn", 1.0, {"extended": True})
+            self._cnn.snap(frame, det)
+            if any(quad_iou(det.quad, o) > 0.2 for o in others):
+                continue
+            passed = self._gate(frame, det)
+            if passed is None:
+                continue
+            passed = passed._replace(unsure=True, flag="pieces")
+            read = self._read(frame, passed)
+            if read[0].score >= th.no_card_score and read[0].score > whole.score and (
+                    out is None or read[0].score > out[1][0].score):
+                out = (passed, read)
+        return out
+
     def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> list[tuple[list[int], _Passed, tuple]]:
         """Cards the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
         simulated stack's card was read in 2-3 pieces in most of its frames and never counted; a real sv1 scan held
@@ -484,6 +522,12 @@ class VisionPipeline:
                     del best[i]
                 todo.append(passed)
                 best[len(todo) - 1] = read
+            for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
+                got = self._extend(frame, i, todo, best)
+                if got is not None:
+                    del best[i]
+                    todo.append(got[0])
+                    best[len(todo) - 1] = got[1]
             ms["detect"] += (time.perf_counter() - t6) * 1e3  # mostly the zoomed detector pass
             touching = self._touching(todo, best, rejected)
             for i in sorted(best):
