@@ -137,6 +137,25 @@ def load_manifest(bundle_dir: str | Path, public_key: str | None = None) -> dict
     return json.loads((d / "manifest.json").read_text(encoding="utf-8"))
 
 
+def _short_side_first(quad: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``quad`` ordered so that q[0]→q[1] and q[3]→q[2] are its short sides, with its mean short and long side."""
+    q = order_quad(quad)
+    sides = [float(np.linalg.norm(q[(i + 1) % 4] - q[i])) for i in range(4)]
+    if sides[0] + sides[2] > sides[1] + sides[3]:
+        q = np.roll(q, -1, axis=0)
+        sides = sides[1:] + sides[:1]
+    return q, 0.5 * (sides[0] + sides[2]), 0.5 * (sides[1] + sides[3])
+
+
+def _replace(todo: list[_Passed], best: dict, old: list[int], new: list[tuple[_Passed, tuple]]) -> None:
+    """Detections ``old`` of a frame replaced by the (passed, read) pairs ``new`` (pieces of them, or their whole)."""
+    for i in old:
+        del best[i]
+    for passed, read in new:
+        todo.append(passed)
+        best[len(todo) - 1] = read
+
+
 class VisionPipeline:
     def __init__(self, detector, embedder: Embedder, matcher: CatalogMatcher, thresholds: Thresholds,
                  gate: GateConfig | None = None, max_cards: int = 9, bundle_version: str = "",
@@ -284,19 +303,14 @@ class VisionPipeline:
         make a landscape card's outline (126 × 88 mm), two or more along their length a long strip. When a CNN
         detection matched nothing and cutting it across its long side into k equal parts (k = 2–4, the one
         whose parts have a card's aspect) gives parts that each read better than the whole and one of which
-        matches a catalog card (≥ no_card_score), the parts (edge-snapped: the cut need not lie on the seam) replace it.
-        Flagged ``pieces`` like ``_merge``'s outline: read, never accepted (the calibration never saw such
+        matches a catalog card (≥ no_card_score), the parts (edge-snapped: the cut need not lie on the seam)
+        replace it. Flagged ``pieces`` like ``_merge``'s outline: read, never accepted (the calibration never saw such
         quads); the server gets the crops. Half of one card reads as nothing, so single cards stay whole.
         Costs k warps + embeds + matches, only for detections that matched nothing."""
         th = self.thresholds
         if self._cnn is None or t.source != "cnn" or t.whole is not None or whole.score >= th.no_card_score:
             return None
-        q = order_quad(t.quad)
-        sides = [float(np.linalg.norm(q[(i + 1) % 4] - q[i])) for i in range(4)]
-        if sides[0] + sides[2] > sides[1] + sides[3]:
-            q = np.roll(q, -1, axis=0)  # q[0]→q[1] and q[3]→q[2] are now the short sides: cut along q[0]→q[3]
-        short = 0.5 * (float(np.linalg.norm(q[1] - q[0])) + float(np.linalg.norm(q[2] - q[3])))
-        long_ = 0.5 * (float(np.linalg.norm(q[3] - q[0])) + float(np.linalg.norm(q[2] - q[1])))
+        q, short, long_ = _short_side_first(t.quad)  # cut along q[0]→q[3]
         k = min(range(2, 5), key=lambda n: abs(min(short, long_ / n) / max(short, long_ / n) - CARD_ASPECT))
         if abs(min(short, long_ / k) / max(short, long_ / k) - CARD_ASPECT) > CUT_ASPECT_TOL:
             return None
@@ -316,7 +330,7 @@ class VisionPipeline:
             if read[0].score <= whole.score:
                 return None
             out.append((passed, read))
-        if max(read[0].score for _, read in out) < th.no_card_score:
+        if max(r[0].score for _, r in out) < th.no_card_score:
             return None
         return out
 
@@ -332,12 +346,8 @@ class VisionPipeline:
         if (self._cnn is None or t.source != "cnn" or t.whole is not None or t.flag == "pieces"
                 or whole.score >= th.no_card_score):
             return None
-        q = order_quad(t.quad)
-        sides = [float(np.linalg.norm(q[(k + 1) % 4] - q[k])) for k in range(4)]
-        if sides[0] + sides[2] < sides[1] + sides[3]:
-            q = np.roll(q, -1, axis=0)  # q[0]→q[1] and q[3]→q[2] are now the long sides
-        long_ = 0.5 * (float(np.linalg.norm(q[1] - q[0])) + float(np.linalg.norm(q[2] - q[3])))
-        short = 0.5 * (float(np.linalg.norm(q[3] - q[0])) + float(np.linalg.norm(q[2] - q[1])))
+        q, short, long_ = _short_side_first(t.quad)
+        q = np.roll(q, -1, axis=0)  # q[0]→q[1] and q[3]→q[2] the long sides: the other half lies beyond one
         if long_ <= 0 or abs(short / long_ - 0.5 / CARD_ASPECT) > CUT_ASPECT_TOL:
             return None
         others = [best[j][1] for j in best if j != i]
@@ -437,10 +447,7 @@ class VisionPipeline:
                 continue
             if whole.info.get("pinched") and read[0].score < self.thresholds.accept_floor:
                 continue  # a kernel cut at its neck is two touching cards far more often than one card
-            for i in idx:
-                del best[i]
-            todo.append(passed)
-            best[len(todo) - 1] = read
+            _replace(todo, best, idx, [(passed, read)])
 
     def _touching(self, todo: list[_Passed], best: dict, rejected: list) -> set[int]:
         """The clean reprint-contest reads whose quad touches or overlaps another card of the frame (within
@@ -504,30 +511,19 @@ class VisionPipeline:
             for i in sorted(best, key=lambda k: best[k][0].score)[:self.max_separate]:
                 pieces = self._split(frame, todo[i], best[i][0])
                 if pieces:
-                    del best[i]
-                    for passed, read in pieces:
-                        todo.append(passed)
-                        best[len(todo) - 1] = read
+                    _replace(todo, best, [i], pieces)
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 parts = self._cut(frame, todo[i], best[i][0])
                 if parts:
-                    del best[i]
-                    for passed, read in parts:
-                        todo.append(passed)
-                        best[len(todo) - 1] = read
+                    _replace(todo, best, [i], parts)
             if closer:
                 self._reunite(frame, closer, todo, best)
             for pieces, passed, read in self._merge(frame, todo, best):
-                for i in pieces:
-                    del best[i]
-                todo.append(passed)
-                best[len(todo) - 1] = read
+                _replace(todo, best, pieces, [(passed, read)])
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 got = self._extend(frame, i, todo, best)
                 if got is not None:
-                    del best[i]
-                    todo.append(got[0])
-                    best[len(todo) - 1] = got[1]
+                    _replace(todo, best, [i], [got])
             ms["detect"] += (time.perf_counter() - t6) * 1e3  # mostly the zoomed detector pass
             touching = self._touching(todo, best, rejected)
             for i in sorted(best):
