@@ -714,6 +714,20 @@ def test_half_a_card_taken_for_a_card_is_read_with_its_other_half():
         assert pipe._extend(frame, 0, [passed, other], {**best, 1: pipe._read(frame, other)}) is None
 
 
+def test_a_hypothesis_pulled_out_of_a_card_shape_is_dropped():
+    """``_cut`` / ``_extend`` keep an edge-snapped hypothesis only while it still has a card's outline: a hand-held
+    card's half extended the wrong way and snapped onto other edges became this kite (side ratio 0.56, 63 % of its
+    rectangle) and read as another card."""
+    from device.vision.pipeline import _card_shaped
+
+    card = np.float32([[100, 100], [163, 100], [163, 188], [100, 188]])
+    turned = cv2.boxPoints(((300, 200), (63 * 3, 88 * 3), 27)).astype(np.float32)
+    assert _card_shaped(card) and _card_shaped(turned)
+    kite = np.float32([[358.1, -21.0], [393.1, 30.0], [219.5, 226.3], [153.5, 33.2]])
+    square = np.float32([[0, 0], [80, 0], [80, 80], [0, 80]])
+    assert not _card_shaped(kite) and not _card_shaped(square)
+
+
 @needs_bundle
 def test_a_badly_read_card_is_looked_at_again_closer():
     """Corners far off (a hand-held card that matched nothing: median quad IoU 0.79): the zoomed second pass sees

@@ -29,7 +29,7 @@ import numpy as np
 from device.vision.confidence import ConfidenceModel, features as confidence_features
 from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
-                                    crop_reject, geometry_reject, inside_fraction, soft_failure)
+                                    crop_reject, geometry_reject, inside_fraction, side_ratio, soft_failure)
 from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
 from device.vision.geometry import (CARD_ASPECT, EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, order_quad,
@@ -145,6 +145,17 @@ def _short_side_first(quad: np.ndarray) -> tuple[np.ndarray, float, float]:
         q = np.roll(q, -1, axis=0)
         sides = sides[1:] + sides[:1]
     return q, 0.5 * (sides[0] + sides[2]), 0.5 * (sides[1] + sides[3])
+
+
+def _card_shaped(quad: np.ndarray) -> bool:
+    """Still a card's outline, seen in perspective: its sides roughly in a card's proportions and it fills most
+    of its minimum-area rectangle. A hypothesis of ``_cut`` / ``_extend`` that the edge snap pulled far out of
+    that shape followed some other edge: a hand-held card's half extended the wrong way became a kite (side
+    ratio 0.56, 63 % of its rectangle) that read as another card. (Stricter bounds — 0.1, 90 % — dropped most
+    right parts of tilted cards.)"""
+    q = np.asarray(quad, np.float32)
+    (_, _), (w, h), _ = cv2.minAreaRect(q)
+    return abs(side_ratio(q) - CARD_ASPECT) <= 0.15 and w * h > 0 and abs(cv2.contourArea(q)) >= 0.75 * w * h
 
 
 def _replace(todo: list[_Passed], best: dict, old: list[int], new: list[tuple[_Passed, tuple]]) -> None:
@@ -321,7 +332,7 @@ class VisionPipeline:
                                 q[1] + b * (q[2] - q[1]), q[0] + b * (q[3] - q[0])])
             det = Detection(portrait_quad(order_quad(piece)), t.score, "cnn", 1.0, {"cut": k})
             self._cnn.snap(frame, det)
-            passed = self._gate(frame, det)
+            passed = self._gate(frame, det) if _card_shaped(det.quad) else None
             if passed is None:
                 return None
             # a cut part has no top side of its own: both readings
@@ -356,8 +367,8 @@ class VisionPipeline:
                      np.float32([q[0], q[1], 2 * q[2] - q[1], 2 * q[3] - q[0]])):
             det = Detection(portrait_quad(order_quad(card)), t.score, "cnn", 1.0, {"extended": True})
             self._cnn.snap(frame, det)
-            if any(quad_iou(det.quad, o) > 0.2 for o in others):
-                continue
+            if not _card_shaped(det.quad) or any(quad_iou(det.quad, o) > 0.2 for o in others):
+                continue  # the snap pulled it out of shape (an edge far off), or it lies on another card
             passed = self._gate(frame, det)
             if passed is None:
                 continue
