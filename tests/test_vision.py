@@ -690,45 +690,6 @@ def test_a_card_cut_into_pieces_is_read_from_their_outline():
 
 
 @needs_bundle
-def test_half_a_card_taken_for_a_card_is_read_with_its_other_half():
-    """The detector sometimes returns half a card as a card (a real sv1 scan held in the hand: its art window, or
-    its text box). Either half of a golden card's quad, read by the real pipeline, matches nothing; the card it is
-    half of (``VisionPipeline._extend``: the other half added on either side, edge-snapped) reads as the golden
-    card, flagged ``pieces``. A half lying over another detection of the frame is left alone."""
-    from device.bundle import golden_expected
-    from device.vision.pipeline import VisionPipeline, _Passed
-
-    pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
-    card_id = golden_expected(BUNDLE)["golden_0.jpg"]
-    frame = cv2.imread(str(BUNDLE / "golden/golden_0.jpg"))
-    q = pipe.process(frame).cards[0].quad
-    mid_l, mid_r = (q[0] + q[3]) / 2, (q[1] + q[2]) / 2
-    for half in (np.array([q[0], q[1], mid_r, mid_l]), np.array([mid_l, mid_r, q[2], q[3]])):
-        passed = _Passed(half.astype(np.float32), G.rectify(frame, half), {}, False, None, "cnn", 0.85)
-        todo, best = [passed], {0: pipe._read(frame, passed)}
-        assert best[0][0].score < pipe.thresholds.no_card_score  # half a card is no card
-        got = pipe._extend(frame, 0, todo, best)
-        assert got is not None and got[0].flag == "pieces"
-        assert got[1][0].card_ids[0] == card_id and G.quad_iou(got[0].quad, q) > 0.9
-        other = _Passed(q.astype(np.float32), G.rectify(frame, q), {}, False, None, "cnn", 0.85)
-        assert pipe._extend(frame, 0, [passed, other], {**best, 1: pipe._read(frame, other)}) is None
-
-
-def test_a_hypothesis_pulled_out_of_a_card_shape_is_dropped():
-    """``_cut`` / ``_extend`` keep an edge-snapped hypothesis only while it still has a card's outline: a hand-held
-    card's half extended the wrong way and snapped onto other edges became this kite (side ratio 0.56, 63 % of its
-    rectangle) and read as another card."""
-    from device.vision.pipeline import _card_shaped
-
-    card = np.float32([[100, 100], [163, 100], [163, 188], [100, 188]])
-    turned = cv2.boxPoints(((300, 200), (63 * 3, 88 * 3), 27)).astype(np.float32)
-    assert _card_shaped(card) and _card_shaped(turned)
-    kite = np.float32([[358.1, -21.0], [393.1, 30.0], [219.5, 226.3], [153.5, 33.2]])
-    square = np.float32([[0, 0], [80, 0], [80, 80], [0, 80]])
-    assert not _card_shaped(kite) and not _card_shaped(square)
-
-
-@needs_bundle
 def test_a_badly_read_card_is_looked_at_again_closer():
     """Corners far off (a hand-held card that matched nothing: median quad IoU 0.79): the zoomed second pass sees
     the same card at 2-3x the scale and its edge-snapped quad replaces the first reading when it reads better."""

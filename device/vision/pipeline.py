@@ -29,11 +29,11 @@ import numpy as np
 from device.vision.confidence import ConfidenceModel, features as confidence_features
 from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
-                                    crop_reject, geometry_reject, inside_fraction, side_ratio, soft_failure)
+                                    crop_reject, geometry_reject, inside_fraction, soft_failure)
 from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
 from device.vision.geometry import (CARD_ASPECT, EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, order_quad,
-                                    portrait_quad, quad_gap, quad_iou, rectify)
+                                    portrait_quad, quad_gap, rectify)
 from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
@@ -145,17 +145,6 @@ def _short_side_first(quad: np.ndarray) -> tuple[np.ndarray, float, float]:
         q = np.roll(q, -1, axis=0)
         sides = sides[1:] + sides[:1]
     return q, 0.5 * (sides[0] + sides[2]), 0.5 * (sides[1] + sides[3])
-
-
-def _card_shaped(quad: np.ndarray) -> bool:
-    """Still a card's outline, seen in perspective: its sides roughly in a card's proportions and it fills most
-    of its minimum-area rectangle. A hypothesis of ``_cut`` / ``_extend`` that the edge snap pulled far out of
-    that shape followed some other edge: a hand-held card's half extended the wrong way became a kite (side
-    ratio 0.56, 63 % of its rectangle) that read as another card. (Stricter bounds — 0.1, 90 % — dropped most
-    right parts of tilted cards.)"""
-    q = np.asarray(quad, np.float32)
-    (_, _), (w, h), _ = cv2.minAreaRect(q)
-    return abs(side_ratio(q) - CARD_ASPECT) <= 0.15 and w * h > 0 and abs(cv2.contourArea(q)) >= 0.75 * w * h
 
 
 def _replace(todo: list[_Passed], best: dict, old: list[int], new: list[tuple[_Passed, tuple]]) -> None:
@@ -332,7 +321,7 @@ class VisionPipeline:
                                 q[1] + b * (q[2] - q[1]), q[0] + b * (q[3] - q[0])])
             det = Detection(portrait_quad(order_quad(piece)), t.score, "cnn", 1.0, {"cut": k})
             self._cnn.snap(frame, det)
-            passed = self._gate(frame, det) if _card_shaped(det.quad) else None
+            passed = self._gate(frame, det)
             if passed is None:
                 return None
             # a cut part has no top side of its own: both readings
@@ -343,40 +332,6 @@ class VisionPipeline:
             out.append((passed, read))
         if max(r[0].score for _, r in out) < th.no_card_score:
             return None
-        return out
-
-    def _extend(self, frame: np.ndarray, i: int, todo: list[_Passed], best: dict) -> tuple[_Passed, tuple] | None:
-        """Half a card that the detector took for a whole one (a real sv1 scan held in the hand: its art window
-        alone, or its text box, read as nothing): a CNN detection that matched nothing with half a card's shape
-        (cut across: as wide as a card, half as tall) is read as the card it may be half of, the other half
-        added on either side (edge-snapped, both readings). The better reading replaces it when it matches a card,
-        better than the detection did, and lies on no other card of the frame (it would read that card again).
-        Flagged ``pieces``: read, never accepted. Costs two warps + embeds + matches, only for such detections."""
-        t, whole = todo[i], best[i][0]
-        th = self.thresholds
-        if (self._cnn is None or t.source != "cnn" or t.whole is not None or t.flag == "pieces"
-                or whole.score >= th.no_card_score):
-            return None
-        q, short, long_ = _short_side_first(t.quad)
-        q = np.roll(q, -1, axis=0)  # q[0]→q[1] and q[3]→q[2] the long sides: the other half lies beyond one
-        if long_ <= 0 or abs(short / long_ - 0.5 / CARD_ASPECT) > CUT_ASPECT_TOL:
-            return None
-        others = [best[j][1] for j in best if j != i]
-        out = None
-        for card in (np.float32([2 * q[0] - q[3], 2 * q[1] - q[2], q[2], q[3]]),
-                     np.float32([q[0], q[1], 2 * q[2] - q[1], 2 * q[3] - q[0]])):
-            det = Detection(portrait_quad(order_quad(card)), t.score, "cnn", 1.0, {"extended": True})
-            self._cnn.snap(frame, det)
-            if not _card_shaped(det.quad) or any(quad_iou(det.quad, o) > 0.2 for o in others):
-                continue  # the snap pulled it out of shape (an edge far off), or it lies on another card
-            passed = self._gate(frame, det)
-            if passed is None:
-                continue
-            passed = passed._replace(unsure=True, flag="pieces")
-            read = self._read(frame, passed)
-            if read[0].score >= th.no_card_score and read[0].score > whole.score and (
-                    out is None or read[0].score > out[1][0].score):
-                out = (passed, read)
         return out
 
     def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> list[tuple[list[int], _Passed, tuple]]:
@@ -531,10 +486,6 @@ class VisionPipeline:
                 self._reunite(frame, closer, todo, best)
             for pieces, passed, read in self._merge(frame, todo, best):
                 _replace(todo, best, pieces, [(passed, read)])
-            for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
-                got = self._extend(frame, i, todo, best)
-                if got is not None:
-                    _replace(todo, best, [i], [got])
             ms["detect"] += (time.perf_counter() - t6) * 1e3  # mostly the zoomed detector pass
             touching = self._touching(todo, best, rejected)
             for i in sorted(best):

@@ -45,10 +45,16 @@ def rss_mb() -> dict:
     return out
 
 
-def frames(catalog: str | None, n: int, seed: int = 424_242, size: tuple[int, int] = (640, 480)):
+def frames(catalog: str | None, n: int, seed: int = 424_242, size: tuple[int, int] = (640, 480),
+           foreign: bool = False):
     from models.synth.capture import CaptureConfig
 
-    if catalog and Path(catalog, "index.jsonl").is_file():
+    if foreign:  # cards that are no catalog card (playing cards, backs): every detection matches nothing
+        from models.synth.dataset import make_foreign_frame
+
+        for i in range(n):
+            yield make_foreign_frame(seed, i, CaptureConfig(size=size, mode="free"))[0]
+    elif catalog and Path(catalog, "index.jsonl").is_file():
         from models.synth.dataset import catalog_ids, make_frame
 
         ids = catalog_ids(catalog)
@@ -71,9 +77,11 @@ def frames_dir(args) -> Path:
 
     w, h = args.frame_size
     d = ROOT / "var/bench_device_frames" / (f"n{args.frames}" if (w, h) == (640, 480) else f"n{args.frames}-{w}x{h}")
+    if args.foreign:
+        d = d.with_name(d.name + "-foreign")
     if not (d / "done").is_file():
         d.mkdir(parents=True, exist_ok=True)
-        for i, f in enumerate(frames(args.catalog, args.frames, size=args.frame_size)):
+        for i, f in enumerate(frames(args.catalog, args.frames, size=args.frame_size, foreign=args.foreign)):
             cv2.imwrite(str(d / f"{i:05d}.jpg"), f, [cv2.IMWRITE_JPEG_QUALITY, 92])
         (d / "done").write_text("ok")
     return d
@@ -208,6 +216,9 @@ def main() -> int:
     ap.add_argument("--frame-size", type=frame_size, default=(640, 480), metavar="WxH",
                     help="simulated camera frame size of the latency frames (the appliance's picamera2 default is "
                          "1280x960; the stack sequences keep the simulator's own size)")
+    ap.add_argument("--foreign", action="store_true",
+                    help="latency frames of non-catalog cards (playing cards, card backs): what the second looks at "
+                         "detections that match nothing cost")
     ap.add_argument("--out", default=str(ROOT / "var/reports/bench_device.json"), help="JSON report")
     ap.add_argument("--max-separate", type=int, default=None, metavar="N",
                     help="zoomed second passes for merged cards per frame (default: the pipeline's; 0 = none)")
