@@ -148,10 +148,11 @@ class Scan(BaseModel):
         None, description="Why the device did not trust this card: the soft quality-gate failure it was "
         "identified despite (glare | too_blurry | partially_out_of_view), low_score (a confident detection "
         "whose best match is below the no-card score), pieces (one card read from pieces the detector cut "
-        "apart, or a card cut from one outline around cards laid edge to edge) or touching (a reprint verdict "
+        "apart, or a card cut from one outline around cards laid edge to edge), touching (a reprint verdict "
         "read off a card lying against another, whose edge may have pulled its corners) or disputed (a card on a "
-        "stack that the device accepted as different printings in the frames it lay still); the device accepts such a scan only where its bundle's accept_flags name the flag (glare in "
-        "the demo bundle). None when the frame was clean.",
+        "stack that the device accepted as different printings in the frames it lay still); the device accepts "
+        "such a scan only where its bundle's accept_flags name the flag (glare in the demo bundle). None when the "
+        "frame was clean.",
         pattern=r"^[a-z][a-z_]{0,31}$")
     bundle_version: str = Field("", description="Model/catalog bundle that produced the decision.", max_length=64)
     device_confidence: float | None = Field(
