@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
+import pytest
 
 from models.synth.capture import CaptureConfig, _shadow, simulate_capture
 from models.synth.foreign import KINDS, SIZE, foreign_card
@@ -87,3 +90,41 @@ def test_detector_data_with_foreign_faces_has_no_orientation_target(tmp_path):
     assert (w[2] == 0).all() and (w[:2] == 1).all()
     assert (y[0] > 127).sum() > 20 and (y[1] > 127).sum() > 5  # cards and their kernels are there
     cv2.imwrite(str(tmp_path / "x.png"), x)  # a real image, not an empty array
+
+
+def test_free_rect_is_the_largest_rectangle_clear_of_every_card():
+    from models.synth.capture import TABLE_CLEAR, _free_rect
+
+    # one card box in the middle-left of a 400 × 300 photo: the largest clear rectangle is right of it
+    box = (100.0, 50.0, 200.0, 190.0)
+    x0, y0, x1, y1 = _free_rect(400, 300, [box])
+    assert (x0, y0, x1, y1) == (int(200 + TABLE_CLEAR * 100), 0, 400, 300)
+    # two boxes, one on each side: the band between them, or below both, whichever is larger
+    r = _free_rect(400, 300, [(0.0, 0.0, 120.0, 100.0), (280.0, 0.0, 400.0, 100.0)])
+    assert r == (0, math.ceil(100 + TABLE_CLEAR * 100), 400, 300)
+    assert _free_rect(100, 100, [(0.0, 0.0, 100.0, 100.0)]) is None
+
+
+def test_table_backgrounds_are_the_train_photos_surfaces(shared_data):
+    """Background ``table``: crops of the real playing-card TRAIN photos clear of every labelled card (never the
+    TEST photos, which measure the detector); a capture config opts in, so the default frames are unchanged."""
+    from models.detector.data import photo_boxes
+    from models.synth.capture import _table_regions, background, sample_background
+
+    regions = _table_regions()
+    if not regions:
+        pytest.skip("playing-card TRAIN photos not in the shared data")
+    train = photo_boxes("train")
+    assert {p.name for p, _ in regions} <= set(train) and not {p.name for p, _ in regions} & set(photo_boxes("test"))
+    grow = 0.08
+    for path, (x0, y0, x1, y1) in regions:
+        for bx0, by0, bx1, by1 in train[path.name]:  # clear of each card's box, grown
+            gx, gy = grow * (bx1 - bx0), grow * (by1 - by0)
+            assert x1 <= bx0 - gx + 1 or x0 >= bx1 + gx - 1 or y1 <= by0 - gy + 1 or y0 >= by1 + gy - 1
+    img = background("table", 3, (320, 240))
+    assert img.shape == (240, 320, 3) and img.std() > 3  # a texture, not a flat fill
+    assert not np.array_equal(img, background("table", 4, (320, 240)))
+    # opt-in: the default list does not draw it
+    assert "table" not in CaptureConfig().backgrounds
+    _, info = sample_background(np.random.default_rng(0), CaptureConfig(backgrounds=["table"]))
+    assert info["kind"] == "table" and 0 <= info["variant"] < len(regions)

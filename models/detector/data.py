@@ -236,16 +236,22 @@ def build_photos(out: str, seed: int, repeats: int = 3, corner_ignore: bool = Tr
     return {"n": len(items), "seconds": round(time.time() - t0, 1)}
 
 
+EMPTY_KINDS = ("playmat", "playmat", "wood", "cloth", "noise", "photo")
+
+
 def empty_item(rng: np.random.Generator, first_variant: int = 6, variants: int = 24,
-               size: tuple[int, int] = (320, 240)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               size: tuple[int, int] = (320, 240), kinds: tuple[str, ...] = EMPTY_KINDS
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A table or mat with no card on it (every target 0), seen whole or zoomed in up to 2.5×: hard negatives
     for what looks like a card's outline without being one — a playmat's printed card zones above all, which
     the detector otherwise takes for an empty white card (an ambiguous scan of nothing, docs/device-vision.md).
-    Background variants from ``first_variant`` on: the capture sets and the tests' empty frames use 0…5."""
-    kinds = ("playmat", "playmat", "wood", "cloth", "noise", "photo")
+    Background variants from ``first_variant`` on: the capture sets and the tests' empty frames use 0…5
+    (``table``, the real TRAIN photos' surfaces, has one variant per photo: any).
+    """
     kind = kinds[int(rng.integers(len(kinds)))]
     w, h = size
-    img = background(kind, first_variant + int(rng.integers(variants)), size).copy()
+    img = background(kind, first_variant + int(rng.integers(variants)) if kind != "table"
+                     else int(rng.integers(10_000)), size).copy()
     z = float(rng.uniform(1.0, 2.5))
     cw, ch = int(round(w / z)), int(round(h / z))
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
@@ -260,11 +266,11 @@ def empty_item(rng: np.random.Generator, first_variant: int = 6, variants: int =
     return x, y, np.ones(y.shape, np.uint8)
 
 
-def build_empty(out: str, n: int, seed: int) -> dict:
-    """``n`` frames of ``empty_item`` (fine-tuning data)."""
+def build_empty(out: str, n: int, seed: int, kinds: tuple[str, ...] = EMPTY_KINDS) -> dict:
+    """``n`` frames of ``empty_item`` (fine-tuning data) on background ``kinds``."""
     t0 = time.time()
     rng = np.random.default_rng(seed)
-    items = [empty_item(rng) for _ in range(n)]
+    items = [empty_item(rng, kinds=kinds) for _ in range(n)]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, x=np.stack([i[0] for i in items]), y=np.stack([i[1] for i in items]),
              w=np.stack([i[2] for i in items]), n_sim=0)
@@ -273,23 +279,25 @@ def build_empty(out: str, n: int, seed: int) -> dict:
 
 def build(catalog_dir: str, out: str, n: int, seed: int, workers: int = 2, photo_repeats: int = 6,
           real_frac: float = 0.25, fan_frac: float = 0.0, foreign_frac: float = 0.0, p_shadow: float = 0.0,
-          fan_layouts: list[str] | None = None) -> dict:
+          fan_layouts: list[str] | None = None, backgrounds: list[str] | None = None) -> dict:
     """``real_frac`` of the simulated frames show only the real sv1 scans (rounded corners, silver borders,
     real print texture): the renders alone under-represent what real cards look like. ``fan_frac`` of them
     are fan-mode captures (2-5 overlapping cards: spread / fanned hand / pile, ``CaptureConfig.fan_layouts``);
     ``foreign_frac`` of them show non-catalog card faces instead (``models.synth.foreign``: playing cards and
     backs, rounded corners; no orientation target), drawn independently of the mode; ``p_shadow`` is
     ``CaptureConfig.p_shadow``; ``fan_layouts`` the fan frames' arrangements (``CaptureConfig.fan_layouts``; None:
-    its default). 0, 0 and 0 keep the old mix frame for frame."""
+    its default); ``backgrounds`` the background kinds (``CaptureConfig.backgrounds``; None: its default — e.g.
+    ``["table"]``: the real TRAIN photos' surfaces). 0, 0 and 0 keep the old mix frame for frame."""
     t0 = time.time()
     ids = catalog_ids(catalog_dir)
     from models.synth.catalog import read_index
 
     idx = read_index(catalog_dir)
     real_ids = [c for c in ids if idx.get(c, {}).get("real_scan")] or ids
-    base = CaptureConfig(size=(320, 240), p_shadow=p_shadow)
+    bg = {"backgrounds": backgrounds} if backgrounds else {}
+    base = CaptureConfig(size=(320, 240), p_shadow=p_shadow, **bg)
     fan = CaptureConfig(size=(320, 240), p_shadow=p_shadow, mode="fan",
-                        **({"fan_layouts": fan_layouts} if fan_layouts else {}))  # validated: a typo is an error
+                        **({"fan_layouts": fan_layouts} if fan_layouts else {}), **bg)  # validated: a typo is an error
     cfgs = [base.model_copy(update={"mode": "free"}), base.model_copy(update={"mode": "grid"}),
             base.model_copy(update={"mode": "scanner_box"}), fan]
     # free 55 % (with neighbours), grid 30 %, scanner box 15 % (of the frames that are not fan frames)
@@ -332,6 +340,8 @@ if __name__ == "__main__":
     ap.add_argument("--p-shadow", type=float, default=0.0, help="CaptureConfig.p_shadow (cards cast drop shadows)")
     ap.add_argument("--fan-layouts", default=None, help="comma-separated CaptureConfig.fan_layouts of the fan frames "
                     "(default: spread,hand,pile; row = cards edge to edge)")
+    ap.add_argument("--backgrounds", default=None, help="comma-separated CaptureConfig.backgrounds (default: its own; "
+                    "table = the real TRAIN photos' surfaces); with --empty-only the empty frames' kinds")
     ap.add_argument("--empty-only", action="store_true",
                     help="only empty tables and mats (no card; hard negatives such as printed card zones), --n of them")
     ap.add_argument("--photos-only", action="store_true",
@@ -340,7 +350,9 @@ if __name__ == "__main__":
     if a.photos_only:
         print(json.dumps(build_photos(a.out, a.seed, a.photo_repeats)))
     elif a.empty_only:
-        print(json.dumps(build_empty(a.out, a.n, a.seed)))
+        print(json.dumps(build_empty(a.out, a.n, a.seed, tuple(a.backgrounds.split(",")) if a.backgrounds
+                                     else EMPTY_KINDS)))
     else:
         print(json.dumps(build(a.catalog, a.out, a.n, a.seed, a.workers, a.photo_repeats, a.real_frac, a.fan_frac,
-                               a.foreign_frac, a.p_shadow, a.fan_layouts.split(",") if a.fan_layouts else None)))
+                               a.foreign_frac, a.p_shadow, a.fan_layouts.split(",") if a.fan_layouts else None,
+                               a.backgrounds.split(",") if a.backgrounds else None)))

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-BackgroundKind = Literal["wood", "cloth", "playmat", "noise", "photo"]
+BackgroundKind = Literal["wood", "cloth", "playmat", "noise", "photo", "table"]
 CARD_ASPECT = 63.0 / 88.0  # width / height of a standard card
 
 
@@ -58,7 +58,9 @@ class CaptureConfig(BaseModel):
     backgrounds: list[BackgroundKind] = Field(
         default_factory=lambda: ["wood", "cloth", "playmat", "noise", "photo"],
         description="Background kinds to draw from (photo = real photographs shipped with installed packages; "
-        "falls back to procedural when none are found).")
+        "table = the surfaces of the real playing-card TRAIN photos, away from their cards; both fall back to "
+        "procedural noise when their files are absent). table is not in the default list, so the evaluation sets "
+        "keep their frames.")
     p_sleeve: float = Field(0.3, ge=0, le=1, description="Probability a card is in a penny sleeve.")
     p_toploader: float = Field(0.1, ge=0, le=1, description="Probability a card is in a top-loader (checked after sleeve).")
     p_glare: float = Field(0.35, ge=0, le=1, description="Probability of a specular glare spot on a card.")
@@ -103,11 +105,80 @@ def _photo_files() -> list[Path]:
     return sorted(out)
 
 
+# A table crop keeps this share of a card box's size clear of it on every side (a box is a card's axis-aligned
+# extent; a fanned card's box can miss a sliver of a neighbour).
+TABLE_CLEAR = 0.08
+TABLE_MIN_SIDE = 0.3  # of the photo's shorter side: smaller empty regions would be blown up into a blur
+
+
+@functools.lru_cache(maxsize=1)
+def _table_regions() -> tuple[tuple[Path, tuple[int, int, int, int]], ...]:
+    """(photo, (x0, y0, x1, y1)) of every real playing-card TRAIN photo whose largest rectangle free of its
+    labelled cards is large enough: real surfaces cards lie on (carpet, fabric, wood, a bag, a cat, magazine
+    pages), which no procedural texture resembles. Only the TRAIN split: the TEST photos measure the detector.
+    Empty when the data is absent (a user's machine)."""
+    try:
+        from models.detector.data import PHOTOS, photo_boxes
+
+        boxes = photo_boxes("train")
+    except (OSError, KeyError, ValueError):
+        return ()
+    out = []
+    for name, bxs in sorted(boxes.items()):
+        path = Path(PHOTOS) / "train" / name
+        img = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # only its size is needed
+        if img is None:
+            continue
+        h, w = (8 * v for v in img.shape[:2])
+        r = _free_rect(w, h, bxs)
+        if r is not None and min(r[2] - r[0], r[3] - r[1]) >= TABLE_MIN_SIDE * min(w, h):
+            out.append((path, r))
+    return tuple(out)
+
+
+def _free_rect(w: int, h: int, boxes: list[tuple[float, ...]]) -> tuple[int, int, int, int] | None:
+    """The largest axis-aligned rectangle of a w × h image that no box (grown by TABLE_CLEAR) overlaps. Each side
+    of a maximal empty rectangle lies on the image's border or on a box's edge, so those coordinates are the only
+    candidates (a photo holds a handful of boxes)."""
+    grown = []
+    for x0, y0, x1, y1 in boxes:
+        gx, gy = TABLE_CLEAR * (x1 - x0), TABLE_CLEAR * (y1 - y0)
+        grown.append((max(int(x0 - gx), 0), max(int(y0 - gy), 0), min(int(math.ceil(x1 + gx)), w),
+                      min(int(math.ceil(y1 + gy)), h)))
+    xs0 = sorted({0, *(g[2] for g in grown)})
+    xs1 = sorted({w, *(g[0] for g in grown)})
+    ys0 = sorted({0, *(g[3] for g in grown)})
+    ys1 = sorted({h, *(g[1] for g in grown)})
+    best, rect = 0, None
+    for x0 in xs0:
+        for x1 in (x for x in xs1 if x > x0):
+            for y0 in ys0:
+                for y1 in (y for y in ys1 if y > y0):
+                    area = (x1 - x0) * (y1 - y0)
+                    if area > best and not any(g[0] < x1 and x0 < g[2] and g[1] < y1 and y0 < g[3] for g in grown):
+                        best, rect = area, (x0, y0, x1, y1)
+    return rect
+
+
 @functools.lru_cache(maxsize=128)
 def background(kind: str, variant: int, size: tuple[int, int]) -> np.ndarray:
     """A deterministic background texture (kind, variant) at ``size``; cached, do not modify in place."""
     w, h = size
     rng = np.random.default_rng(_kseed(kind, variant))
+    if kind == "table":
+        regions = _table_regions()
+        if regions:
+            path, (x0, y0, x1, y1) = regions[variant % len(regions)]
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is not None:
+                # a random part of the free region with the frame's aspect (at least half its shorter side)
+                img = img[y0:y1, x0:x1]
+                ih, iw = img.shape[:2]
+                cw = int(min(iw, ih * w / h) * rng.uniform(0.5, 1.0))
+                ch = max(int(round(cw * h / w)), 1)
+                cy, cx = int(rng.integers(0, max(ih - ch, 0) + 1)), int(rng.integers(0, iw - cw + 1))
+                return cv2.resize(img[cy:cy + ch, cx:cx + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+        kind = "noise"
     if kind == "photo":
         photos = _photo_files()
         if photos:
@@ -179,6 +250,8 @@ def sample_background(rng: np.random.Generator, config: CaptureConfig) -> tuple[
     wts = np.array([0.5 if k == "photo" else 1.0 for k in config.backgrounds])
     kind = str(config.backgrounds[int(rng.choice(len(wts), p=wts / wts.sum()))])
     variant = int(rng.integers(0, N_VARIANTS))
+    if kind == "table":  # one variant per TRAIN photo with room (drawn after, so other kinds keep their frames)
+        variant = int(rng.integers(0, max(len(_table_regions()), 1)))
     img = background(kind, variant, tuple(config.size)).copy()
     flip = int(rng.integers(-1, 3))  # -1, 0, 1 = cv2 flips, 2 = none
     if flip < 2:
