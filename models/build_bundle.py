@@ -219,7 +219,8 @@ def calibrate(a, bundle_tmp: Path, target_precision: float = 0.999, records_out:
 
     # ... which also judges glare-flagged cards (ACCEPT_FLAGS): they join its calibration, cards and negatives
     judged = ok + [r for r in recs if r.get("identified") and r.get("quality_flag") in ACCEPT_FLAGS]
-    conf = calibrate_rule(judged, neg_rows, target_precision) | {"accept_flags": list(ACCEPT_FLAGS)}
+    conf = calibrate_rule(judged, neg_rows, target_precision, rule["reprint_min_height"]) | {
+        "accept_flags": list(ACCEPT_FLAGS)}
     return rule | conf | {"threshold_rule_coverage": rule["calibrated_coverage"], "calibration_cards": len(judged),
                           "calibration_negatives": len(neg[0])}
 

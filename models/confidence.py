@@ -138,18 +138,32 @@ ERROR_BUDGET_SHARE = 0.7
 
 
 def _rule_on(x: np.ndarray, y: np.ndarray, xn: np.ndarray, target: float, budget_share: float,
-             signs: dict | None) -> tuple[ConfidenceModel, dict]:
+             signs: dict | None, eligible: np.ndarray | None = None) -> tuple[ConfidenceModel, dict]:
+    """``eligible``: the cards the device may accept at all (``device.vision.decision``: not a tied reprint contest,
+    not a contest on a card under ``reprint_min_height``); the model is fitted on every card, the threshold chosen
+    as if the others were never accepted — which they are not."""
     model = fit(x, y.astype(float), signs=signs)
     neg_conf = np.atleast_1d(model(xn)) if len(xn) else np.zeros(0)
-    return model, choose_rule(model(x), x[:, 0], y, neg_conf, xn[:, 0] if len(xn) else np.zeros(0),
+    conf = model(x) if eligible is None else np.where(eligible, model(x), -1.0)
+    return model, choose_rule(conf, x[:, 0], y, neg_conf, xn[:, 0] if len(xn) else np.zeros(0),
                               1 - (1 - target) * budget_share)
 
 
-def calibrate_rule(cards: list[dict], negs: list[dict], target: float = 0.999) -> dict:
+def eligible(cards: list[dict], min_contest_height: float = 0.0) -> np.ndarray:
+    """Which records the decision rule could accept: a reprint contest that is tied (its two patch verdicts
+    disagreed) or read off a card shorter than ``min_contest_height`` frame px never is."""
+    return np.array([not (r.get("reprint_contest") and (r["margin"] <= 0.0 or r["height"] < min_contest_height))
+                     for r in cards], bool)
+
+
+def calibrate_rule(cards: list[dict], negs: list[dict], target: float = 0.999,
+                   min_contest_height: float = 0.0) -> dict:
     """The manifest entries of the confidence rule from calibration records: ``confidence`` (the model) and
-    ``choose_rule``'s thresholds (for ``ERROR_BUDGET_SHARE`` of the target's error budget)."""
+    ``choose_rule``'s thresholds (for ``ERROR_BUDGET_SHARE`` of the target's error budget) over the cards the
+    device may accept (``eligible``; ``min_contest_height``: the bundle's ``reprint_min_height``)."""
     x, y = feature_rows(cards), np.array([r["top1"] == r["card_id"] for r in cards])
-    model, rule = _rule_on(x, y, feature_rows(negs), target, ERROR_BUDGET_SHARE, None)
+    model, rule = _rule_on(x, y, feature_rows(negs), target, ERROR_BUDGET_SHARE, None,
+                           eligible(cards, min_contest_height))
     return {"confidence": model.to_manifest()} | rule
 
 
@@ -197,8 +211,9 @@ def study(cards: list[dict], negs: list[dict], target: float, folds: int, seed: 
         need = np.where(contest, th["accept_reprint_margin"], th["accept_margin"])
         rule_acc = ((sc >= th["accept_score"]) & (mg >= need) & ~(contest & (height < th["reprint_min_height"]))
                     & ~flagged)
-        model, r = _rule_on(x[tr], y[tr], xn, target, budget_share, signs)
-        conf_acc = (model(x) >= r["accept_confidence"]) & (sc >= r["confidence_min_score"])
+        can = eligible(cards, th["reprint_min_height"])
+        model, r = _rule_on(x[tr], y[tr], xn, target, budget_share, signs, can[tr])
+        conf_acc = (model(x) >= r["accept_confidence"]) & (sc >= r["confidence_min_score"]) & can
         for name, acc in (("rule", rule_acc), ("confidence", conf_acc)):
             a = acc & te
             out[name].append({"coverage": float(a.sum() / te.sum()), "wrong": int((a & ~y).sum()),

@@ -70,6 +70,22 @@ def test_rule_meets_the_target_and_keeps_out_confident_negatives():
     assert r["calibrated_coverage"] == round(acc.mean(), 4)
 
 
+def test_the_threshold_is_chosen_over_the_cards_the_device_may_accept():
+    """Contest reads on small cards and tied contests are never accepted (``decide``): wrong ones among them must
+    not raise the confidence threshold for every other card, and they count as not accepted."""
+    from models.confidence import calibrate_rule, eligible
+
+    cards = synthetic_records(8000, 2)
+    # wrong contest reads off small cards that look like sure ones: copies of the surest right contests
+    sure = sorted((c for c in cards if c["reprint_contest"] and c["top1"] == c["card_id"]), key=lambda c: -c["margin"])
+    small = [dict(c, top1="b", height=155.0) for c in sure[:12]]
+    tie = dict(small[0], top1="b", height=300.0, margin=0.0)
+    assert eligible(small + [tie], 160.0).sum() == 0 and eligible(small + [tie]).tolist() == [True] * 12 + [False]
+    both = calibrate_rule(cards + small + [tie], [], 0.999)
+    ruled = calibrate_rule(cards + small + [tie], [], 0.999, min_contest_height=160.0)
+    assert ruled["accept_confidence"] < both["accept_confidence"]
+
+
 def test_manifest_round_trip_and_broken_models_are_refused():
     m = ConfidenceModel(tuple(0.1 * i for i in range(len(FEATURES))), -1.0, (0.0,) * len(FEATURES),
                         (1.0,) * len(FEATURES))
@@ -110,6 +126,31 @@ def test_decide_on_confidence():
     assert decide(low_margin, glare_ok, confidence=0.9, flag="glare") == "ambiguous"
     assert decide(low_margin, glare_ok, confidence=0.99, flag="too_blurry") == "ambiguous"
     assert decide(low_margin, glare_ok, confidence=0.99, soft=True) == "ambiguous"  # a flag not named: never
+
+
+def test_a_tied_reprint_contest_is_never_accepted():
+    """Margin 0 in a contest: the patch boxes and the pixels where the two best printings differ spoke for different
+    printings (``Reprints.rerank``), so the order left is the embedding's — no verdict, however confident."""
+    th = Thresholds(accept_score=0.8, accept_margin=0.05, no_card_score=0.4, accept_confidence=0.95,
+                    confidence_min_score=0.6, accept_reprint_margin=0.0)
+    tied = Match(["a-1", "b-2", "c"], [0.95, 0.95, 0.6], contest=True)
+    assert decide(tied, th, confidence=0.999) == "ambiguous"
+    assert decide(tied, th) == "ambiguous"  # the threshold rule too, whatever its reprint margin
+    decided = Match(["a-1", "b-2", "c"], [0.95, 0.94, 0.6], contest=True)
+    assert decide(decided, th, confidence=0.999) == "accept"
+    # a tie between two different illustrations is an embedding gap of 0: the confidence judges it as ever
+    assert decide(Match(["a", "b"], [0.9, 0.9]), th, confidence=0.999) == "accept"
+
+
+def test_a_reprint_verdict_on_a_small_card_is_not_accepted_by_the_confidence_rule_either():
+    th = Thresholds(accept_score=0.8, accept_margin=0.05, no_card_score=0.4, accept_confidence=0.95,
+                    confidence_min_score=0.6, accept_reprint_margin=0.01, reprint_min_height=160.0)
+    contest = Match(["a-1", "b-2", "c"], [0.95, 0.9, 0.6], contest=True)
+    assert decide(contest, th, height=150.0, confidence=0.999) == "ambiguous"
+    assert decide(contest, th, height=170.0, confidence=0.999) == "accept"
+    assert decide(contest, th, confidence=0.999) == "accept"  # no height given: large enough
+    # an embedding gap on a small card is the confidence's to judge (it has the height as a feature)
+    assert decide(Match(["a", "b"], [0.95, 0.9]), th, height=150.0, confidence=0.999) == "accept"
 
 
 def test_demo_bundle_reports_a_confidence_that_agrees_with_its_decision():

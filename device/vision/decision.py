@@ -9,11 +9,20 @@
   collector number and a set symbol, 5 px tall on a card 375 px tall; on a card half that size (a binder page of
   nine) they are a blur whose verdict is noise however large its margin, and such cards set the reprint margin
   for everyone when they may be accepted (bundle demo-6 calibration: a 0.036 margin on a grid card, wrong).
+  The height rule holds under the confidence rule too: its model has the card's height as a feature but
+  weighs it next to nothing for contests (bundle demo-12, all evaluation sets at seeds 900000 and 910000: of its
+  contest accepts on cards under 160 px 123 of 128 were right, on cards over 180 px all but 2 of 519;
+  docs/device-vision.md, sixteenth session).
   A bundle with a calibrated confidence model and ``accept_confidence`` (``device.vision.confidence``) accepts
-  on that instead: ``confidence ≥ accept_confidence`` and ``score ≥ confidence_min_score`` replace the score,
-  margin and height thresholds, which the confidence weighs together (``models.confidence`` says why the score
+  on that instead: ``confidence ≥ accept_confidence`` and ``score ≥ confidence_min_score`` replace the score and
+  margin thresholds, which the confidence weighs together (``models.confidence`` says why the score
   floor stays; a bundle with the model but no ``accept_confidence`` reports the confidence and keeps the
   thresholds, and software older than the model ignores both and keeps them too).
+* A reprint contest whose two verdicts disagree is never accepted: the patch boxes ranked one printing first, the
+  pixels where the two best differ the other (``Reprints.rerank`` then leaves them tied, margin 0), so the order is
+  the embedding's, which cannot tell printings of one illustration apart. The confidence model saw too few such
+  ties to learn it (it weighs a contest's margin lightly): bundle demo-12 accepted 5 of the 272 ties of all
+  evaluation sets at seeds 900000 and 910000, 2 of them wrong (docs/device-vision.md, sixteenth session).
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the
@@ -68,13 +77,15 @@ def decide(match: Match, th: Thresholds, soft: bool = False, height: float | Non
     soft = soft or flag is not None
     if match.score < th.no_card_score:
         return "no_card"
+    if match.contest and match.margin <= 0.0:
+        return "ambiguous"  # a tied reprint contest: its two patch verdicts disagreed
+    if match.contest and height is not None and height < th.reprint_min_height:
+        return "ambiguous"  # patches too small to read: whichever rule decides
     if th.accept_confidence is not None and confidence is not None:
         ok = confidence >= th.accept_confidence and match.score >= th.confidence_min_score
         judged = not soft or (flag is not None and flag in th.accept_flags)
         return "accept" if ok and judged else "ambiguous"
     contest = match.contest and th.accept_reprint_margin is not None
-    if contest and height is not None and height < th.reprint_min_height:
-        return "ambiguous"
     margin = th.accept_reprint_margin if contest else th.accept_margin
     if not soft and match.score >= th.accept_score and match.margin >= margin:
         return "accept"
