@@ -505,9 +505,12 @@ def test_glared_capture_of_a_real_card_is_ambiguous_with_crop_and_reason():
         sure = g.confidence >= th.accept_confidence and g.score >= th.confidence_min_score
         assert g.quality_flag == "glare" and g.decision == ("accept" if sure else "ambiguous")
 
+    # harder glare (×3: 78 % of the face blown out): whatever is still read must be the card (demo-13 reads it
+    # right; demo-12 had lost it)
+    assert all(x.card_id == card_id for x in pipe.process(overexposed(frame, 3.0)).cards if x.decision == "accept")
     # a blown-out face (nothing left to identify) stays a reject — also the outline of the pieces the detector
     # cuts it into (``_merge``)
-    gone = pipe.process(overexposed(frame, 3.0))
+    gone = pipe.process(overexposed(frame, 3.5))
     assert not [x for x in gone.cards if x.decision != "no_card"]
     assert gone.reject_reason == "glare"
 
@@ -628,7 +631,7 @@ def test_touching_cards_merged_by_the_first_pass_are_separated(shared_data):
 
     cards = shared_data / "PTCGextension" / "cards"
     pairs = [("sv1-100", "sv1-101"), ("sv1-102", "sv1-103"), ("sv1-104", "sv1-105"), ("sv1-108", "sv1-109"),
-             ("sv1-11", "sv1-110"), ("sv1-146", "sv1-147")]
+             ("sv1-11", "sv1-110"), ("sv1-146", "sv1-147"), ("sv1-148", "sv1-149")]
     pipe = VisionPipeline.from_bundle(BUNDLE, num_threads=1)
     merged = 0
     for ids in pairs:
@@ -644,7 +647,8 @@ def test_touching_cards_merged_by_the_first_pass_are_separated(shared_data):
             assert G.quad_iou(best.quad, q) >= 0.75 and best.candidates[0][0] == cid, (ids, cid)
     # the case this test is about: a pair the detector returns as one (the first 5 of 5 with demo-8's detector;
     # demo-10's, trained on overlapping cards, separates most of them itself; with demo-11 none of those five
-    # stays one detection but sv1-146 / sv1-147 does; with demo-12 sv1-102 / sv1-103 and sv1-146 / sv1-147 do)
+    # stays one detection but sv1-146 / sv1-147 does; with demo-12 sv1-102 / sv1-103 and sv1-146 / sv1-147 do;
+    # with demo-13 only sv1-148 / sv1-149 of these, and of the first 60 pairs of sv1 numbers, one more)
     assert merged >= 1
 
 
