@@ -129,6 +129,8 @@ def _table_regions() -> tuple[tuple[Path, tuple[int, int, int, int]], ...]:
         img = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # only its size is needed
         if img is None:
             continue
+        # the size rounded up to 8 px (slicing clips the region to the photo); kept so that demo-13's training
+        # frames, drawn by region index, come out the same
         h, w = (8 * v for v in img.shape[:2])
         r = _free_rect(w, h, bxs)
         if r is not None and min(r[2] - r[0], r[3] - r[1]) >= TABLE_MIN_SIDE * min(w, h):
