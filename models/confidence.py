@@ -150,10 +150,12 @@ def _rule_on(x: np.ndarray, y: np.ndarray, xn: np.ndarray, target: float, budget
 
 
 def eligible(cards: list[dict], min_contest_height: float = 0.0) -> np.ndarray:
-    """Which records the decision rule could accept: a reprint contest that is tied (its two patch verdicts
-    disagreed) or read off a card shorter than ``min_contest_height`` frame px never is."""
-    return np.array([not (r.get("reprint_contest") and (r["margin"] <= 0.0 or r["height"] < min_contest_height))
-                     for r in cards], bool)
+    """Which records the decision rule could accept: not an unreadable reprint contest
+    (``device.vision.decision.unreadable_contest``: tied, or on a card shorter than ``min_contest_height`` px)."""
+    from device.vision.decision import unreadable_contest
+
+    return np.array([not unreadable_contest(bool(r.get("reprint_contest")), r["margin"], r["height"],
+                                            min_contest_height) for r in cards], bool)
 
 
 def calibrate_rule(cards: list[dict], negs: list[dict], target: float = 0.999,

@@ -11,7 +11,7 @@
   for everyone when they may be accepted (bundle demo-6 calibration: a 0.036 margin on a grid card, wrong).
   The height rule holds under the confidence rule too: its model has the card's height as a feature but
   weighs it next to nothing for contests (bundle demo-12, all evaluation sets at seeds 900000 and 910000: of its
-  contest accepts on cards under 160 px 123 of 128 were right, on cards over 180 px all but 2 of 519;
+  contest accepts on cards under 160 px 141 of 147 were right, on cards over 180 px all but 2 of 538;
   docs/device-vision.md, sixteenth session).
   A bundle with a calibrated confidence model and ``accept_confidence`` (``device.vision.confidence``) accepts
   on that instead: ``confidence ≥ accept_confidence`` and ``score ≥ confidence_min_score`` replace the score and
@@ -21,7 +21,7 @@
 * A reprint contest whose two verdicts disagree is never accepted: the patch boxes ranked one printing first, the
   pixels where the two best differ the other (``Reprints.rerank`` then leaves them tied, margin 0), so the order is
   the embedding's, which cannot tell printings of one illustration apart. The confidence model saw too few such
-  ties to learn it (it weighs a contest's margin lightly): bundle demo-12 accepted 5 of the 272 ties of all
+  ties to learn it (it weighs a contest's margin lightly): bundle demo-12 accepted 6 of the 454 ties of all
   evaluation sets at seeds 900000 and 910000, 2 of them wrong (docs/device-vision.md, sixteenth session).
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
@@ -69,6 +69,13 @@ class Thresholds:
                    tuple(t.get("accept_flags") or ()))
 
 
+def unreadable_contest(contest: bool, margin: float, height: float | None, min_height: float) -> bool:
+    """A reprint contest whose verdict is no verdict: tied (its two patch verdicts disagreed) or read off a card
+    shorter than ``min_height`` frame px (``height`` None: large enough). ``decide`` never accepts one, and the
+    calibration chooses its threshold without them (``models.confidence.eligible``)."""
+    return contest and (margin <= 0.0 or (height is not None and height < min_height))
+
+
 def decide(match: Match, th: Thresholds, soft: bool = False, height: float | None = None,
            confidence: float | None = None, flag: str | None = None) -> str:
     """``height``: the card's height in the frame (px, ``geometry.card_height``); None = large enough.
@@ -77,10 +84,8 @@ def decide(match: Match, th: Thresholds, soft: bool = False, height: float | Non
     soft = soft or flag is not None
     if match.score < th.no_card_score:
         return "no_card"
-    if match.contest and match.margin <= 0.0:
-        return "ambiguous"  # a tied reprint contest: its two patch verdicts disagreed
-    if match.contest and height is not None and height < th.reprint_min_height:
-        return "ambiguous"  # patches too small to read: whichever rule decides
+    if unreadable_contest(match.contest, match.margin, height, th.reprint_min_height):
+        return "ambiguous"  # whichever rule decides
     if th.accept_confidence is not None and confidence is not None:
         ok = confidence >= th.accept_confidence and match.score >= th.confidence_min_score
         judged = not soft or (flag is not None and flag in th.accept_flags)

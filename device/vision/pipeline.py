@@ -347,10 +347,11 @@ class VisionPipeline:
         low = [i for i in best if todo[i].source == "cnn" and best[i][0].score < self.thresholds.no_card_score]
         out = []
         while len(low) >= 2:
-            groups = [low] + sorted((list(g) for g in itertools.combinations(low, 2)) if len(low) > 2 else [],
-                                    key=lambda g: -self._outline(todo, g)[1])
-            for group in groups:
-                got = self._merge_group(frame, todo, best, group)
+            pairs = [list(g) for g in itertools.combinations(low, 2)] if len(low) > 2 else []
+            groups = [(low, self._outline(todo, low))] + sorted(((g, self._outline(todo, g)) for g in pairs),
+                                                                key=lambda go: -go[1][1])
+            for group, outline in groups:
+                got = self._merge_group(frame, todo, best, group, outline)
                 if got is not None:
                     out.append(got)
                     low = [i for i in low if i not in group]
@@ -370,9 +371,9 @@ class VisionPipeline:
             return rect, 0.0
         return rect, cv2.contourArea(hull) / (w * h)
 
-    def _merge_group(self, frame: np.ndarray, todo: list[_Passed], best: dict, group: list[int]
-                     ) -> tuple[list[int], _Passed, tuple] | None:
-        rect, fill = self._outline(todo, group)
+    def _merge_group(self, frame: np.ndarray, todo: list[_Passed], best: dict, group: list[int],
+                     outline: tuple[tuple, float]) -> tuple[list[int], _Passed, tuple] | None:
+        rect, fill = outline  # ``_outline(todo, group)``
         if fill < 0.85:
             return None
         quad = portrait_quad(order_quad(cv2.boxPoints(rect)))
