@@ -12,6 +12,14 @@ Study a change without building a bundle (5-fold over calibration frames; the th
 flagged cards the rule judges; ``--budget-share`` / ``--unsigned`` for the choices below):
 
     python -m models.confidence --records var/calibration/demo8-records.jsonl
+
+Replay a bundle's accept rule on *evaluation* records instead (``models.vision_eval --records-out``): every
+identified card decided again with that bundle's thresholds and confidence model (``device.vision.decision.decide``,
+the device's own rule) — what a recalibration does to each capture set without running the captures again (the
+detector and embedder must be the ones that wrote the records; ``changed`` counts the decisions that differ from
+the recorded ones, 0 when the bundle is the one that wrote them):
+
+    python -m models.confidence --records var/eval/d13-900000.jsonl --replay var/b14
 """
 
 from __future__ import annotations
@@ -238,9 +246,46 @@ def study(cards: list[dict], negs: list[dict], target: float, folds: int, seed: 
                         for s, d in per_set.items()}}
 
 
+def replay(records: list[dict], manifest: dict) -> dict:
+    """Per capture set of evaluation records: scannable cards, accepted share, precision, wrong accepts (and of
+    them reprint contests), and decisions changed from the recorded ones, under ``manifest``'s accept rule."""
+    from device.vision.decision import Thresholds, decide
+    from device.vision.matcher import Match
+
+    th = Thresholds.from_manifest(manifest)
+    model = ConfidenceModel.from_manifest(manifest)
+    out: dict[str, dict] = {}
+    for r in records:
+        s = out.setdefault(r.get("set", ""), {"cards": 0, "accepted": 0, "wrong": 0, "wrong_contests": 0, "changed": 0})
+        s["cards"] += 1
+        if not r.get("identified"):
+            continue
+        m = Match([r["top1"], ""], [r["score"], r["score"] - r["margin"]], bool(r.get("reprint_contest")))
+        conf = None if model is None else model(features(r["score"], r["margin"], m.contest, r["height"],
+                                                         r.get("sharpness"), r.get("glare")))
+        # low_score is no gate failure but the pipeline's mark of a confident detection that decide() called
+        # no_card (GateConfig.unmatched_to_server): decided without a flag, sent to the server if no_card again
+        flag = r.get("quality_flag")
+        d = decide(m, th, height=r["height"], confidence=conf, flag=None if flag == "low_score" else flag)
+        if flag == "low_score" and d == "no_card":
+            d = "ambiguous"
+        s["changed"] += d != r.get("decision")
+        if d == "accept":
+            s["accepted"] += 1
+            if r["top1"] != r["card_id"]:
+                s["wrong"] += 1
+                s["wrong_contests"] += bool(r.get("reprint_contest"))
+    for s in out.values():
+        s["accept_rate"] = round(s["accepted"] / max(s["cards"], 1), 4)
+        s["precision"] = round(1 - s["wrong"] / s["accepted"], 5) if s["accepted"] else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", required=True, help="calibration records (models.build_bundle.calibrate records_out)")
+    ap.add_argument("--records", required=True, help="calibration records (models.build_bundle.calibrate records_out); "
+                    "with --replay: evaluation records (models.vision_eval --records-out)")
+    ap.add_argument("--replay", metavar="BUNDLE", help="decide the evaluation records again with BUNDLE's accept rule")
     ap.add_argument("--target", type=float, default=0.999, help="auto-accept precision")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -248,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of the error budget the thresholds are chosen for (1 = the target itself)")
     ap.add_argument("--unsigned", action="store_true", help="fit without the SIGNS constraints")
     a = ap.parse_args(argv)
+    if a.replay:
+        recs = [json.loads(line) for line in Path(a.records).read_text().splitlines() if line.strip()]
+        print(json.dumps(replay(recs, json.loads((Path(a.replay) / "manifest.json").read_text())), indent=1))
+        return 0
     cards, negs = load_records(Path(a.records))
     print(json.dumps(study(cards, negs, a.target, a.folds, a.seed, a.budget_share, {} if a.unsigned else None),
                      indent=1))

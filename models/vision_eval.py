@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             ("sv1_real_scans_scanner_box", sv1, "scanner_box"), ("full_catalog_fan", index.ids, "fan"),
             ("full_catalog_row", index.ids, "row"))
     wanted = set(a.sets.split(",")) if a.sets else None
+    if a.records_out:
+        Path(a.records_out).parent.mkdir(parents=True, exist_ok=True)
     records = open(a.records_out, "w") if a.records_out else None
     for name, ids, mode in sets:
         if wanted and name not in wanted:

@@ -205,3 +205,34 @@ def test_broken_records_and_unknown_flags_are_refused_with_the_line(tmp_path):
         load_records(f)
     with pytest.raises(ValueError, match="accept_flags: fingers"):
         ManifestThresholds(accept_score=0.6, accept_margin=0.01, no_card_score=0.4, accept_flags=["glare", "fingers"])
+
+
+def test_replay_decides_evaluation_records_again_with_a_bundles_rule(tmp_path):
+    """``models.confidence --replay``: each identified card decided again by ``decide`` with the bundle's
+    thresholds and model — the recorded decisions when the bundle is the one that wrote them (a low_score card is
+    the pipeline's, sent to the server), another count with stricter thresholds."""
+    from models.confidence import main, replay
+
+    man = json.loads((BUNDLE / "manifest.json").read_text())
+    sure = {"score": 0.97, "margin": 0.3, "reprint_contest": False, "height": 380.0, "sharpness": 900.0, "glare": 0.0}
+    recs = [
+        {"set": "box", "card_id": "a", "top1": "a", "identified": True, "decision": "accept"} | sure,
+        {"set": "box", "card_id": "b", "top1": "c", "identified": True, "decision": "accept"} | sure,
+        # a tied reprint contest and a confident detection that matched nothing: neither is accepted
+        {"set": "box", "card_id": "d", "top1": "d", "identified": True, "decision": "ambiguous"} | sure | {
+            "reprint_contest": True, "margin": 0.0},
+        {"set": "box", "card_id": "e", "top1": "f", "identified": True, "decision": "ambiguous"} | sure | {
+            "score": 0.3, "margin": 0.01, "quality_flag": "low_score"},
+        {"set": "row", "card_id": "g", "found": False, "identified": False},
+    ]
+    out = replay(recs, man)
+    assert out["box"] == {"cards": 4, "accepted": 2, "wrong": 1, "wrong_contests": 0, "changed": 0,
+                          "accept_rate": 0.5, "precision": 0.5}
+    assert out["row"]["cards"] == 1 and out["row"]["accepted"] == 0 and out["row"]["precision"] is None
+    strict = json.loads(json.dumps(man))
+    strict["thresholds"]["confidence_min_score"] = 0.99  # nothing clears the score floor
+    assert replay(recs, strict)["box"]["accepted"] == 0 and replay(recs, strict)["box"]["changed"] == 2
+    # the command line: evaluation records in, one summary per set out
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["--records", str(path), "--replay", str(BUNDLE)]) == 0

@@ -233,3 +233,31 @@ def test_cards_laid_edge_to_edge_seen_as_one_are_cut_apart(shared_data):
     one = pipe._gate(frame, Detection(_rect(170, 120, 320, 330), 0.9, "cnn", 1.0, {}))
     assert pipe._read(frame, one)[0].card_ids[0] == ids[0]
     assert pipe._cut(frame, one, Match(["x"], [0.2])) is None
+
+
+def test_two_shifted_cards_seen_as_one_are_read_at_its_ends(shared_data):
+    """A real sv1 scan lying over part of another, under one outline that has neither a card's aspect nor two
+    cards' side by side (what merged hand-held and row detections look like): cutting it in equal parts gives no
+    card, but a card-shaped quad at its end reads the card on top, flagged ``pieces``; a card-shaped outline is
+    never read at its ends (``VisionPipeline._ends``)."""
+    from device.vision.geometry import quad_iou
+    from device.vision.matcher import Match
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    rng = np.random.default_rng(4)
+    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    under, top = "sv1-25", "sv1-81"
+    for cid, x in ((under, 170), (top, 260)):  # the second lies over 60 % of the first
+        img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
+        frame[120:330, x:x + 150] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
+    pair = pipe._gate(frame, Detection(_rect(170, 120, 410, 330), 0.9, "cnn", 1.0, {}))
+    whole = pipe._read(frame, pair)[0]
+    assert whole.score < pipe.thresholds.no_card_score  # the outline reads as no card
+    assert pipe._cut(frame, pair, whole) is None  # its halves have no card's aspect
+    ends = pipe._ends(frame, pair, whole)
+    assert ends is not None and all(passed.flag == "pieces" for passed, _ in ends)
+    read_top = [(passed, read) for passed, read in ends if read[0].card_ids[0] == top]
+    assert read_top and quad_iou(read_top[0][0].quad, _rect(260, 120, 410, 330)) > 0.8
+    one = pipe._gate(frame, Detection(_rect(260, 120, 410, 330), 0.9, "cnn", 1.0, {}))
+    assert pipe._ends(frame, one, Match(["x"], [0.2])) is None

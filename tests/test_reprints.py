@@ -106,6 +106,38 @@ def test_rerank_puts_the_printing_whose_number_the_card_shows_first(contest, tru
     assert wins == 6
 
 
+def test_an_embedding_that_ranks_another_printing_first_leaves_the_verdict_tied(contest):
+    """The patches read the card's number right, but the embedding puts the other printing ahead by 0.02: the
+    verdict is disputed, the two best are left tied (margin 0: never accepted); when the embedding agrees or
+    the rule is off (dispute None), the patches' margin stands."""
+    from device.vision.decision import unreadable_contest
+
+    printings, ids, arrays = contest
+    rp = Reprints(arrays, ids)
+    query = np.array([1.0, 0, 0, 0], np.float32)
+
+    def rows(cos: dict[str, float]) -> np.ndarray:
+        m = np.tile(np.array([0.5, np.sqrt(0.75), 0, 0], np.float32), (len(ids), 1))
+        for cid, c in cos.items():
+            m[ids.index(cid)] = [c, np.sqrt(1 - c * c), 0, 0]
+        return m
+
+    frame, quad = capture(printings["sv3-66"], np.random.default_rng(5))
+    m = Match(["sv3-211", "sv3-66", "base1-5"], [0.92, 0.90, 0.89])
+    against = rows({"sv3-211": 0.92, "sv3-66": 0.90})
+    out, detail = rp.rerank(m, frame, quad, against, query, RerankConfig())
+    assert detail["disputed"] and out.contest and out.margin == pytest.approx(0.0)
+    assert out.card_ids[:2] == ["sv3-66", "sv3-211"]  # the patches' choice stays first, tied
+    assert unreadable_contest(out.contest, out.margin, 370.0, 120.0)
+    # the same card without the rule: the patches' verdict for sv3-66, with a margin
+    out, detail = rp.rerank(m, frame, quad, against, query, RerankConfig(dispute=None))
+    assert not detail["disputed"] and out.card_ids[0] == "sv3-66" and out.margin > 0.005
+    # an embedding that agrees with the patches (or leads by less than dispute) disputes nothing
+    for cos in ({"sv3-211": 0.90, "sv3-66": 0.92}, {"sv3-211": 0.903, "sv3-66": 0.90}):
+        out, detail = rp.rerank(m, frame, quad, rows(cos), query, RerankConfig())
+        assert not detail["disputed"] and out.card_ids[0] == "sv3-66" and out.margin > 0.005
+
+
 def test_no_contest_leaves_the_match_alone(contest):
     _, ids, arrays = contest
     rp = Reprints(arrays, ids)
@@ -179,3 +211,24 @@ def test_a_reprint_verdict_on_a_card_against_another_is_not_accepted(shared_data
         cards_read = sorted(pipe.process(frame).cards, key=lambda c: c.quad[:, 0].mean())
         assert [c.card_id for c in cards_read] == ids
         assert all(c.reprint_contest and c.decision == decision and c.quality_flag == flag for c in cards_read), gap
+
+
+def test_the_dispute_study_counts_agreements_and_gaps():
+    """``models.eval.disputes.table``: per capture set, contests where embedding and patches agree or not, who was
+    right, accepts and wrong ones; the disagreements by embedding gap. A card outside the contenders is left out."""
+    from models.eval.disputes import table
+
+    def row(s, truth, emb, patch, decision="ambiguous"):
+        return {"set": s, "truth": truth, "emb": emb, "patch": patch, "decision": decision}
+
+    rows = [row("box", "a", {"a": 0.9, "b": 0.89}, {"a": 0.7, "b": 0.5}, "accept"),  # agree, right, accepted
+            row("box", "a", {"a": 0.9, "b": 0.885}, {"a": 0.5, "b": 0.7}, "accept"),  # disputed by 0.015, wrong
+            row("row", "b", {"a": 0.9, "b": 0.898}, {"a": 0.5, "b": 0.7}),  # gap 0.002, patches right
+            row("row", "z", {"a": 0.9, "b": 0.8}, {"a": 0.5, "b": 0.7})]  # the card is no contender
+    t = table(rows)
+    assert t["sets"]["box agree"] == {"reads": 1, "patches_right": 1, "embedding_right": 1, "accepted": 1,
+                                      "accepted_wrong": 0}
+    assert t["sets"]["box disagree"]["accepted_wrong"] == 1 and t["sets"]["box disagree"]["embedding_right"] == 1
+    assert t["gaps"]["0.010-0.020"] == {"reads": 1, "embedding_right": 1, "patches_right": 0, "accepted": 1,
+                                        "accepted_wrong": 1}
+    assert t["gaps"]["0.000-0.005"]["patches_right"] == 1 and sum(g["reads"] for g in t["gaps"].values()) == 2

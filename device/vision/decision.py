@@ -23,6 +23,9 @@
   the embedding's, which cannot tell printings of one illustration apart. The confidence model saw too few such
   ties to learn it (it weighs a contest's margin lightly): bundle demo-12 accepted 6 of the 454 ties of all
   evaluation sets at seeds 900000 and 910000, 2 of them wrong (docs/device-vision.md, sixteenth session).
+  The same tie stands for a verdict the embedding disputes — it ranks another printing of the contest first by
+  ``RerankConfig.dispute`` or more (``Reprints.rerank``; seventeenth session): the patches then keep their order
+  but give no margin.
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the

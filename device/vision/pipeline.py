@@ -29,11 +29,11 @@ import numpy as np
 from device.vision.confidence import ConfidenceModel, features as confidence_features
 from device.vision.decision import Thresholds, decide
 from device.vision.detector import (CombinedDetector, ContourDetector, Detection, GateConfig, TFLiteDetector,
-                                    crop_reject, geometry_reject, inside_fraction, soft_failure)
+                                    crop_reject, geometry_reject, inside_fraction, side_ratio, soft_failure)
 from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
 from device.vision.geometry import (CARD_ASPECT, EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, order_quad,
-                                    portrait_quad, quad_gap, rectify)
+                                    portrait_quad, quad_gap, quad_iou, rectify)
 from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
@@ -41,6 +41,8 @@ TOP_K = 5
 MAX_SEPARATE = 2  # default zoomed second passes for merged cards per frame (VisionPipeline._split)
 MAX_CUT = 3  # detections a frame that may be cut into cards laid edge to edge (VisionPipeline._cut)
 CUT_ASPECT_TOL = 0.1  # how far from a card's aspect the parts of such a cut may be
+ENDS_ASPECT_TOL = 0.04  # an outline this close to a card's aspect is one card, never read at its ends (_ends)
+ENDS_REACH = (0.55, 0.92)  # how far across the outline a card at one of its ends may reach (_ends)
 # a reprint verdict read off a quad closer than this (× the card's height) to another card is flagged touching
 TOUCH_GAP = 0.01
 
@@ -334,6 +336,45 @@ class VisionPipeline:
             return None
         return out
 
+    def _ends(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
+        """A card the detector merged with what lies against it (another card shifted against it or lying partly
+        over it, a non-catalog card) into one outline of neither one card's nor two cards' shape (``_cut``'s equal
+        parts). A card-shaped quad at each end of the outline, along each of its sides (the side the card's width
+        or its height, the card reaching 55–92 % of the way across), edge-snapped and read; the best that match a
+        card better than the whole (at most two, apart) replace it, flagged ``pieces`` (never accepted). Only for
+        a CNN detection that matched nothing and is no card's shape (a non-catalog card has one): up to eight
+        reads (frames of non-catalog objects, whose detections match nothing, pay for them: +12 ms a frame median,
+        ``tests/bench/bench_device.py --foreign``)."""
+        th = self.thresholds
+        if (self._cnn is None or t.source != "cnn" or t.whole is not None or whole.score >= th.no_card_score
+                or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
+            return None
+        q = order_quad(t.quad)
+        got = []
+        for i in range(4):
+            a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
+            side = float(np.linalg.norm(b - a))
+            across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
+            for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
+                f = depth / max(across, 1e-6)
+                if not ENDS_REACH[0] <= f <= ENDS_REACH[1]:
+                    continue
+                piece = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
+                det = Detection(portrait_quad(order_quad(piece)), t.score, "cnn", 1.0, {"end": i})
+                self._cnn.snap(frame, det)
+                passed = self._gate(frame, det)
+                if passed is None:
+                    continue
+                passed = passed._replace(unsure=True, flag="pieces")  # no top side of its own: both readings
+                read = self._read(frame, passed)
+                if read[0].score > whole.score and read[0].score >= th.no_card_score:
+                    got.append((passed, read))
+        out: list[tuple[_Passed, tuple]] = []
+        for passed, read in sorted(got, key=lambda pr: -pr[1][0].score):
+            if len(out) < 2 and all(quad_iou(passed.quad, o.quad) < 0.3 for o, _ in out):
+                out.append((passed, read))
+        return out or None
+
     def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> list[tuple[list[int], _Passed, tuple]]:
         """Cards the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
         simulated stack's card was read in 2-3 pieces in most of its frames and never counted; a real sv1 scan held
@@ -416,19 +457,21 @@ class VisionPipeline:
                 continue  # a kernel cut at its neck is two touching cards far more often than one card
             _replace(todo, best, idx, [(passed, read)])
 
-    def _touching(self, todo: list[_Passed], best: dict, rejected: list) -> set[int]:
+    def _touching(self, todo: list[_Passed], best: dict, rejected: list, outlines: list) -> set[int]:
         """The clean reprint-contest reads whose quad touches or overlaps another card of the frame (within
         TOUCH_GAP of its height): the contest is decided by patches a few pixels wide at exact places on the
         card, and where a card lies against another the edge snap can take the neighbour's edge for its own.
         Flagged ``touching``, such a card goes to the server as ambiguous rather than be accepted: on cards laid
         edge to edge (``models.vision_eval`` set ``full_catalog_row``, 1,000 frames, demo-12) contest accepts
-        162 → 30 and wrong ones 12 → 1 (docs/device-vision.md, fifteenth session)."""
+        162 → 30 and wrong ones 12 → 1 (docs/device-vision.md, fifteenth session). ``outlines``: detections
+        replaced by a card read at one of their ends (``_ends``), whose rest is another card or object."""
         out = set()
         for i, (m, quad, _, _) in best.items():
             if not m.contest or todo[i].flag or m.score < self.thresholds.no_card_score:
                 continue
             limit = TOUCH_GAP * card_height(quad)
-            others = [best[j][1] for j in best if j != i] + [q for q, _ in rejected]
+            others = [best[j][1] for j in best if j != i] + [q for q, _ in rejected] + [
+                o for o in outlines if quad_iou(o, quad) < 0.5]  # not the card's own outline
             if any(quad_gap(quad, o) <= limit for o in others):
                 out.add(i)
         return out
@@ -479,8 +522,12 @@ class VisionPipeline:
                 pieces = self._split(frame, todo[i], best[i][0])
                 if pieces:
                     _replace(todo, best, [i], pieces)
+            outlines = []  # outlines read at one end only (_ends): the rest of them still lies there
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 parts = self._cut(frame, todo[i], best[i][0])
+                if not parts:
+                    parts = self._ends(frame, todo[i], best[i][0])
+                    outlines += [todo[i].quad] if parts else []
                 if parts:
                     _replace(todo, best, [i], parts)
             if closer:
@@ -488,7 +535,7 @@ class VisionPipeline:
             for pieces, passed, read in self._merge(frame, todo, best):
                 _replace(todo, best, pieces, [(passed, read)])
             ms["detect"] += (time.perf_counter() - t6) * 1e3  # mostly the zoomed detector pass
-            touching = self._touching(todo, best, rejected)
+            touching = self._touching(todo, best, rejected, outlines)
             for i in sorted(best):
                 m, quad, crop, _ = best[i]
                 flag = todo[i].flag or ("touching" if i in touching else None)

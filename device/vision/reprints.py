@@ -9,8 +9,9 @@ difference from it (``catalog/reprints.npz``, built by ``models.reprints``). At 
 the leading candidate's contest are compared with the card, box by box, at ``CANVAS`` resolution (half of it for contests whose boxes are large): each box is located by the contest's
 mean face (the quad's corners are a few pixels off), each printing's patch slides a few pixels more and keeps
 its best normalised cross-correlation; the two best printings are compared once more on the pixels where
-they differ (``Reprints.pair_win``). That moves the contenders' scores (``Reprints.rerank``); the accept rule
-then works on the moved scores and margin, with thresholds calibrated on captures scored the same way
+they differ (``Reprints.pair_win``); a verdict the embedding disputes (it ranks another printing first by
+``RerankConfig.dispute``) is left without a margin. That moves the contenders' scores (``Reprints.rerank``); the
+accept rule then works on the moved scores and margin, with thresholds calibrated on captures scored the same way
 (``models.build_bundle.calibrate``).
 
 Printings that differ over a large part of the face (another layout or frame) are no contest: the embedder
@@ -58,6 +59,10 @@ class RerankConfig(BaseModel):
                                              "differ too (Reprints.pair_win), not on their whole boxes only.")
     max_contenders: int = Field(8, ge=2, le=64, description="Printings of the leading contest compared, best by "
                                                             "embedding score.")
+    dispute: float | None = Field(
+        0.005, ge=0.0, le=1.0, description="Embedding score by which another printing of the contest must lead the "
+        "patches' choice for the verdict to count as disputed: the two best are then left tied (no accept, "
+        "device.vision.decision.unreadable_contest). None: the patches' verdict stands alone.")
 
 
 class Reprints:
@@ -217,11 +222,25 @@ class Reprints:
                 # the margin is the smaller of the two where both agree (both must speak for the leader: the mean
                 # of the two until the corners became sub-pixel, docs/device-vision.md) and none where they disagree
                 p[j] = p[i] - (min(p[i] - p[j], w) if w > 0 else 0.0)
+        # The embedding cannot rank printings of one face, but it can dispute a verdict: where the patches and the
+        # embedding named the same printing (development captures, demo-13, ``python -m models.eval.disputes``:
+        # 975 contests) the device accepted 358, 1 wrong; where the embedding ranked another printing first by
+        # ``dispute`` or more (249), the patches were right in 107 and the embedding in 98, and 5 of the 11 accepts
+        # were wrong. A disputed verdict keeps the patches' order (in the scanner box they were right 11 times of
+        # 15, the embedding 3) but no margin: a tie, which is never accepted (docs/device-vision.md).
+        i = int(np.argmax(p))
+        emb = np.array([s for _, s in cont])
+        disputed = cfg.dispute is not None and float(emb.max() - emb[i]) >= cfg.dispute
+        names = [self.ids[int(self.member_row[m])] for m in members]
+        first = None
+        if disputed:
+            p[np.argsort(-p, kind="stable")[1]] = p[i]
+            first = names[i]
         best = float(p.max())
         lead_score = max(s for _, s in cont)
-        names = [self.ids[int(self.member_row[m])] for m in members]
+        # equal scores keep the contenders' (embedding) order, except the disputed verdict's printing, first
         rescored = sorted(((c, lead_score - cfg.weight * (best - float(pm))) for c, pm in zip(names, p)),
-                          key=lambda kv: -kv[1])
+                          key=lambda kv: (-kv[1], kv[0] != first))
         # The contest keeps as many places in the list as it held (at least two): printings from outside the
         # top-k may take them, but not the places of other illustrations — with bad corners the leader's
         # illustration is wrong, and the true card is one of those others (the server verifies the list).
@@ -229,7 +248,7 @@ class Reprints:
         held = max(2, sum(c in in_contest for c in match.card_ids))
         others = [(c, s) for c, s in zip(match.card_ids, match.scores) if c not in in_contest]
         top = sorted(rescored[:held] + others, key=lambda kv: -kv[1])[:len(match.card_ids)]
-        detail = {"patch": {c: round(float(pm), 4) for c, pm in zip(names, p)}}
+        detail = {"patch": {c: round(float(pm), 4) for c, pm in zip(names, p)}, "disputed": disputed}
         contest = len(top) > 1 and top[0][0] in in_contest and top[1][0] in in_contest
         return Match([c for c, _ in top], [s for _, s in top], contest), detail
 
