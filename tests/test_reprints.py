@@ -224,11 +224,14 @@ def test_the_dispute_study_counts_agreements_and_gaps():
     rows = [row("box", "a", {"a": 0.9, "b": 0.89}, {"a": 0.7, "b": 0.5}, "accept"),  # agree, right, accepted
             row("box", "a", {"a": 0.9, "b": 0.885}, {"a": 0.5, "b": 0.7}, "accept"),  # disputed by 0.015, wrong
             row("row", "b", {"a": 0.9, "b": 0.898}, {"a": 0.5, "b": 0.7}),  # gap 0.002, patches right
-            row("row", "z", {"a": 0.9, "b": 0.8}, {"a": 0.5, "b": 0.7})]  # the card is no contender
+            row("row", "z", {"a": 0.9, "b": 0.8}, {"a": 0.5, "b": 0.7}),  # the card is no contender
+            row("grid", "a", {"a": 0.9, "b": 0.6}, {"a": 0.5, "b": 0.7})]  # the embedding far ahead, patches wrong
     t = table(rows)
     assert t["sets"]["box agree"] == {"reads": 1, "patches_right": 1, "embedding_right": 1, "accepted": 1,
                                       "accepted_wrong": 0}
     assert t["sets"]["box disagree"]["accepted_wrong"] == 1 and t["sets"]["box disagree"]["embedding_right"] == 1
     assert t["gaps"]["0.010-0.020"] == {"reads": 1, "embedding_right": 1, "patches_right": 0, "accepted": 1,
                                         "accepted_wrong": 1}
-    assert t["gaps"]["0.000-0.005"]["patches_right"] == 1 and sum(g["reads"] for g in t["gaps"].values()) == 2
+    assert t["gaps"]["0.000-0.005"]["patches_right"] == 1 and sum(g["reads"] for g in t["gaps"].values()) == 3
+    # the patches' order alone: 2 of the 4 reads right; weighing the embedding in (k = 0.5) rights the last one
+    assert t["weighted_top1"]["0.0"] == pytest.approx(0.5) and t["weighted_top1"]["0.5"] == pytest.approx(0.75)

@@ -224,9 +224,9 @@ class Reprints:
                 p[j] = p[i] - (min(p[i] - p[j], w) if w > 0 else 0.0)
         # The embedding cannot rank printings of one face, but it can dispute a verdict: where the patches and the
         # embedding named the same printing (development captures, demo-13, ``python -m models.eval.disputes``:
-        # 975 contests) the device accepted 358, 1 wrong; where the embedding ranked another printing first by
-        # ``dispute`` or more (249), the patches were right in 107 and the embedding in 98, and 5 of the 11 accepts
-        # were wrong. A disputed verdict keeps the patches' order (in the scanner box they were right 11 times of
+        # 1,060 contests) the device accepted 365, 1 wrong; where the embedding ranked another printing first by
+        # ``dispute`` or more (286), the patches were right in 128 and the embedding in 108, and 5 of the 11
+        # accepts were wrong. A disputed verdict keeps the patches' order (in the scanner box they were right 11 times of
         # 15, the embedding 3) but no margin: a tie, which is never accepted (docs/device-vision.md).
         i = int(np.argmax(p))
         emb = np.array([s for _, s in cont])
