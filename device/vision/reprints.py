@@ -226,8 +226,8 @@ class Reprints:
         # embedding named the same printing (development captures, demo-13, ``python -m models.eval.disputes``:
         # 1,060 contests) the device accepted 365, 1 wrong; where the embedding ranked another printing first by
         # ``dispute`` or more (286), the patches were right in 128 and the embedding in 108, and 5 of the 11
-        # accepts were wrong. A disputed verdict keeps the patches' order (in the scanner box they were right 11 times of
-        # 15, the embedding 3) but no margin: a tie, which is never accepted (docs/device-vision.md).
+        # accepts were wrong. A disputed verdict keeps the patches' order (in the scanner box they were right 11
+        # times of 15, the embedding 3) but no margin: a tie, which is never accepted (docs/device-vision.md).
         i = int(np.argmax(p))
         emb = np.array([s for _, s in cont])
         disputed = cfg.dispute is not None and float(emb.max() - emb[i]) >= cfg.dispute

@@ -82,7 +82,8 @@ def table(rows: list[dict]) -> dict:
                                              "accepted_wrong": sum(g[3] and not g[2] for g in sel)}
     out["sets"] = {k: dict(v) for k, v in sorted(out["sets"].items())}
     # the embedding's gaps weighed into the contest's order instead of disputing it: the rerank score
-    # lead − weight · (best patch − patch) + k · (embedding − lead) orders the printings as weight · patch + k · embedding
+    # lead − weight · (best patch − patch) + k · (embedding − lead) orders the printings as
+    # weight · patch + k · embedding
     known = [r for r in rows if r["truth"] in r["emb"]]
     out["weighted_top1"] = {str(k): round(sum(
         max(r["patch"], key=lambda c: WEIGHT * r["patch"][c] + k * r["emb"][c]) == r["truth"] for r in known)
