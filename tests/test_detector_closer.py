@@ -261,3 +261,32 @@ def test_two_shifted_cards_seen_as_one_are_read_at_its_ends(shared_data):
     assert read_top and quad_iou(read_top[0][0].quad, _rect(260, 120, 410, 330)) > 0.8
     one = pipe._gate(frame, Detection(_rect(260, 120, 410, 330), 0.9, "cnn", 1.0, {}))
     assert pipe._ends(frame, one, Match(["x"], [0.2])) is None
+
+
+def test_a_piece_of_a_closer_look_that_still_holds_two_cards_is_cut(shared_data):
+    """Three real sv1 scans laid edge to edge: a closer look (or a kernel cut at its neck) can part them into the
+    first card and a piece that still holds the other two side by side — a landscape card's outline that reads as
+    nothing. That piece is cut like a first-pass detection, and its parts stay pieces of the same whole, so
+    ``_reunite`` weighs them against it: here they read better than the three cards' outline, which stays out."""
+    from device.vision.pipeline import VisionPipeline, _replace
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    rng = np.random.default_rng(5)
+    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    ids = ["sv1-25", "sv1-81", "sv1-131"]
+    for k, cid in enumerate(ids):
+        img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
+        frame[130:305, 100 + 125 * k:225 + 125 * k] = cv2.resize(img, (125, 175), interpolation=cv2.INTER_AREA)
+    whole = Detection(_rect(100, 130, 475, 305), 0.9, "cnn", 1.0, {})
+    first = pipe._gate(frame, Detection(_rect(100, 130, 225, 305), 0.9, "cnn", 1.0, {"whole": whole}))
+    rest = pipe._gate(frame, Detection(_rect(225, 130, 475, 305), 0.9, "cnn", 1.0, {"whole": whole}))
+    assert rest.whole is whole
+    rest_read = pipe._read(frame, rest)
+    assert rest_read[0].score < pipe.thresholds.no_card_score  # two cards under one outline read as nothing
+    parts = pipe._cut(frame, rest, rest_read[0])
+    assert parts is not None and sorted(read[0].card_ids[0] for _, read in parts) == sorted(ids[1:])
+    assert all(passed.flag == "pieces" and passed.whole is whole for passed, _ in parts)
+    todo, best = [first], {0: pipe._read(frame, first)}
+    _replace(todo, best, [], parts)
+    pipe._reunite(frame, {id(whole): whole}, todo, best)
+    assert sorted(best[i][0].card_ids[0] for i in best) == sorted(ids)

@@ -308,9 +308,11 @@ class VisionPipeline:
         matches a catalog card (≥ no_card_score), the parts (edge-snapped: the cut need not lie on the seam)
         replace it. Flagged ``pieces`` like ``_merge``'s outline: read, never accepted (the calibration never saw such
         quads); the server gets the crops. Half of one card reads as nothing, so single cards stay whole.
-        Costs k warps + embeds + matches, only for detections that matched nothing."""
+        Costs k warps + embeds + matches, only for detections that matched nothing. A piece of the detector's
+        closer look or of a pinched kernel (``t.whole``) is cut too — a row of three or more cards comes apart
+        there into pieces that still hold two — and its parts stay pieces of that whole for ``_reunite``."""
         th = self.thresholds
-        if self._cnn is None or t.source != "cnn" or t.whole is not None or whole.score >= th.no_card_score:
+        if self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score:
             return None
         q, short, long_ = _short_side_first(t.quad)  # cut along q[0]→q[3]
         k = min(range(2, 5), key=lambda n: abs(min(short, long_ / n) / max(short, long_ / n) - CARD_ASPECT))
@@ -327,7 +329,7 @@ class VisionPipeline:
             if passed is None:
                 return None
             # a cut part has no top side of its own: both readings
-            passed = passed._replace(unsure=True, flag="pieces")
+            passed = passed._replace(unsure=True, flag="pieces", whole=t.whole)
             read = self._read(frame, passed)
             if read[0].score <= whole.score:
                 return None
@@ -344,9 +346,9 @@ class VisionPipeline:
         card better than the whole (at most two, apart) replace it, flagged ``pieces`` (never accepted). Only for
         a CNN detection that matched nothing and is no card's shape (a non-catalog card has one): up to eight
         reads (frames of non-catalog objects, whose detections match nothing, pay for them: +12 ms a frame median,
-        ``tests/bench/bench_device.py --foreign``)."""
+        ``tests/bench/bench_device.py --foreign``). Pieces of a closer look or a pinched kernel too, as ``_cut``."""
         th = self.thresholds
-        if (self._cnn is None or t.source != "cnn" or t.whole is not None or whole.score >= th.no_card_score
+        if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
                 or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
             return None
         q = order_quad(t.quad)
@@ -365,7 +367,8 @@ class VisionPipeline:
                 passed = self._gate(frame, det)
                 if passed is None:
                     continue
-                passed = passed._replace(unsure=True, flag="pieces")  # no top side of its own: both readings
+                # no top side of its own: both readings
+                passed = passed._replace(unsure=True, flag="pieces", whole=t.whole)
                 read = self._read(frame, passed)
                 if read[0].score > whole.score and read[0].score >= th.no_card_score:
                     got.append((passed, read))
