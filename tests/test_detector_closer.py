@@ -290,3 +290,34 @@ def test_a_piece_of_a_closer_look_that_still_holds_two_cards_is_cut(shared_data)
     _replace(todo, best, [], parts)
     pipe._reunite(frame, {id(whole): whole}, todo, best)
     assert sorted(best[i][0].card_ids[0] for i in best) == sorted(ids)
+
+
+def test_a_card_whose_outline_took_in_the_pile_under_it_is_read_inside_it(shared_data):
+    """A real sv1 scan lying on another, shifted a little (a pile, a fanned hand): the outline that takes in the
+    edges of the card below reads as nothing, and neither its equal parts nor its ends are a card. Moved in at a
+    corner, the outline fits the card on top, which is read — flagged ``pieces`` (never accepted) and the way up
+    the detection was. An outline that matched a card is never looked inside (``VisionPipeline._inside``)."""
+    from device.vision.geometry import quad_iou
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    rng = np.random.default_rng(6)
+    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    under, top = "sv1-25", "sv1-81"
+    for cid, (x, y) in ((under, (200, 110)), (top, (225, 140))):
+        img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
+        frame[y:y + 210, x:x + 150] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
+    pile = pipe._gate(frame, Detection(_rect(200, 110, 375, 350), 0.9, "cnn", 1.0, {}))
+    whole = pipe._read(frame, pile)[0]
+    assert whole.score < pipe.thresholds.no_card_score  # the pile's outline reads as no card
+    assert pipe._cut(frame, pile, whole) is None and pipe._ends(frame, pile, whole) is None
+    inside = pipe._inside(frame, pile, whole)
+    assert inside is not None and len(inside) == 1
+    passed, read = inside[0]
+    assert read[0].card_ids[0] == top and passed.flag == "pieces"
+    assert quad_iou(passed.quad, _rect(225, 140, 375, 350)) > 0.85
+    assert np.linalg.norm(read[1][0] - [225, 140]) < 15  # the top-left corner stays top left: read upright
+    one = pipe._gate(frame, Detection(_rect(225, 140, 375, 350), 0.9, "cnn", 1.0, {}))
+    read_one = pipe._read(frame, one)[0]
+    assert read_one.card_ids[0] == top and read_one.score >= pipe.thresholds.no_card_score
+    assert pipe._inside(frame, one, read_one) is None

@@ -43,6 +43,9 @@ MAX_CUT = 3  # detections a frame that may be cut into cards laid edge to edge (
 CUT_ASPECT_TOL = 0.1  # how far from a card's aspect the parts of such a cut may be
 ENDS_ASPECT_TOL = 0.04  # an outline this close to a card's aspect is one card, never read at its ends (_ends)
 ENDS_REACH = (0.55, 0.92)  # how far across the outline a card at one of its ends may reach (_ends)
+# how far one side of an outline, or the two sides at one of its corners, is moved in to find the card inside it,
+# as a fraction of the outline across that side (_inside)
+INSIDE_DEPTHS = (0.12, 0.2)
 # a reprint verdict read off a quad closer than this (× the card's height) to another card is flagged touching
 TOUCH_GAP = 0.01
 
@@ -378,6 +381,47 @@ class VisionPipeline:
                 out.append((passed, read))
         return out or None
 
+    def _inside(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
+        """A card whose outline took in what lies around it — the edges of the cards under it in a pile or a
+        fanned hand, a neighbour's border, a shadow — so that the outline, card-shaped or not, matched nothing
+        (simulated fans: most wrong reads had corners 20 px or more off, on quads still overlapping the card by
+        IoU 0.6–0.9). The outline with one side, or the two sides at one corner, moved in by ``INSIDE_DEPTHS``
+        of the outline across them (16 quads), each edge-snapped and read the way up the detection was; the best
+        that matches a catalog card better than the outline did replaces it, flagged ``pieces`` (never accepted:
+        the calibration never saw such quads; the server gets the crop). Only for a CNN detection that matched
+        nothing, after ``_cut`` and ``_ends`` found nothing; the candidates' embeddings are matched in one
+        product and only the best is re-ranked."""
+        th = self.thresholds
+        if self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score:
+            return None
+        q = np.asarray(t.quad, np.float32)  # TL, TR, BR, BL of the card as the detection has it: keeps its top
+        cands = []
+        for depth in INSIDE_DEPTHS:
+            for i in range(4):
+                for sides in ((i,), (i, (i + 1) % 4)):  # side i; sides i and i+1 (the corner between them)
+                    qq = q.copy()
+                    for j in sides:  # side j runs q[j] → q[j+1]; across from it q[j+3] → q[j+2]
+                        qq[j] += depth * (q[(j + 3) % 4] - q[j])
+                        qq[(j + 1) % 4] += depth * (q[(j + 2) % 4] - q[(j + 1) % 4])
+                    cands.append(qq)
+        passed_all = []
+        for qq in cands:
+            det = Detection(qq, t.score, "cnn", 1.0, {"inside": True})
+            self._cnn.snap(frame, det)
+            passed = self._gate(frame, det)
+            if passed is not None:
+                passed_all.append(passed._replace(unsure=t.unsure, flag="pieces", whole=t.whole))
+        variants = [(k, quad, crop) for k, p in enumerate(passed_all) for quad, crop in self._readings(frame, p)]
+        if not variants:
+            return None
+        embs = np.stack([self.embedder.embed(crop) for _, _, crop in variants])
+        matches = self.matcher.topk_many(embs, TOP_K)
+        j = max(range(len(variants)), key=lambda v: matches[v].score)
+        if matches[j].score <= whole.score or matches[j].score < th.no_card_score:
+            return None
+        k, quad, crop = variants[j]
+        return [(passed_all[k], (self._rerank(matches[j], frame, quad, embs[j]), quad, crop, embs[j]))]
+
     def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> list[tuple[list[int], _Passed, tuple]]:
         """Cards the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
         simulated stack's card was read in 2-3 pieces in most of its frames and never counted; a real sv1 scan held
@@ -467,7 +511,8 @@ class VisionPipeline:
         Flagged ``touching``, such a card goes to the server as ambiguous rather than be accepted: on cards laid
         edge to edge (``models.vision_eval`` set ``full_catalog_row``, 1,000 frames, demo-12) contest accepts
         162 → 30 and wrong ones 12 → 1 (docs/device-vision.md, fifteenth session). ``outlines``: detections
-        replaced by a card read at one of their ends (``_ends``), whose rest is another card or object."""
+        replaced by a card read at one of their ends or inside them (``_ends``, ``_inside``), whose rest is another
+        card or object."""
         out = set()
         for i, (m, quad, _, _) in best.items():
             if not m.contest or todo[i].flag or m.score < self.thresholds.no_card_score:
@@ -525,11 +570,11 @@ class VisionPipeline:
                 pieces = self._split(frame, todo[i], best[i][0])
                 if pieces:
                     _replace(todo, best, [i], pieces)
-            outlines = []  # outlines read at one end only (_ends): the rest of them still lies there
+            outlines = []  # outlines read at one end or inside (_ends, _inside): the rest of them still lies there
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 parts = self._cut(frame, todo[i], best[i][0])
                 if not parts:
-                    parts = self._ends(frame, todo[i], best[i][0])
+                    parts = self._ends(frame, todo[i], best[i][0]) or self._inside(frame, todo[i], best[i][0])
                     outlines += [todo[i].quad] if parts else []
                 if parts:
                     _replace(todo, best, [i], parts)

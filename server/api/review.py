@@ -55,8 +55,8 @@ class ReviewItem(BaseModel):
                                      "failure (glare, too_blurry, partially_out_of_view: the crop may be poor) or "
                                      "low_score (nothing in the catalog matched on the device: maybe not a catalog "
                                      "card at all) or pieces (read from the outline of pieces the device's detector "
-                                     "cut the card into, or cut from one outline around cards laid edge to edge: its "
-                                     "corners may be off) or touching (a reprint verdict read off a card lying "
+                                     "cut the card into, or from part of one outline around several cards: its ends, "
+                                     "its equal parts, or inside it: its corners may be off) or touching (a reprint verdict read off a card lying "
                                      "against another: the neighbour's edge may have pulled its corners) or disputed "
                                      "(the device accepted different printings in the frames the card lay still on a "
                                      "stack).")
