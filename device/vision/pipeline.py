@@ -278,6 +278,19 @@ class VisionPipeline:
         m, quad, crop, e = max(reads, key=lambda x: x[0].score)
         return self._rerank(m, frame, quad, e), quad, crop, e
 
+    def _piece(self, frame: np.ndarray, quad: np.ndarray, score: float, info: dict, unsure: bool = True,
+               whole: Detection | None = None) -> _Passed | None:
+        """A quad the pipeline drew itself — a part, an end or the inside of an outline, the outline of pieces —
+        as a detection: edge-snapped, gated and flagged ``pieces`` (read, never accepted: the confidence was never
+        calibrated on such quads; the server gets the crop; the gate's own soft flag stays in the quality).
+        ``unsure``: both readings (a quad with no top side of its own); ``whole``: the detection it is a piece of
+        (``_reunite``). None when the gate rejects it."""
+        det = Detection(quad, score, "cnn", 1.0, info)
+        if self._cnn is not None:
+            self._cnn.snap(frame, det)
+        passed = self._gate(frame, det)
+        return None if passed is None else passed._replace(unsure=unsure, flag="pieces", whole=whole)
+
     def _split(self, frame: np.ndarray, t: _Passed, whole: Match):
         """Pieces of a detection that is several touching or overlapping cards (``TFLiteDetector.separate``), read
         as cards: [(passed, read)] of the pieces that pass the gate (a sliver of a card under another is a
@@ -326,13 +339,9 @@ class VisionPipeline:
             a, b = j / k, (j + 1) / k
             piece = np.float32([q[0] + a * (q[3] - q[0]), q[1] + a * (q[2] - q[1]),
                                 q[1] + b * (q[2] - q[1]), q[0] + b * (q[3] - q[0])])
-            det = Detection(portrait_quad(order_quad(piece)), t.score, "cnn", 1.0, {"cut": k})
-            self._cnn.snap(frame, det)
-            passed = self._gate(frame, det)
+            passed = self._piece(frame, portrait_quad(order_quad(piece)), t.score, {"cut": k}, whole=t.whole)
             if passed is None:
                 return None
-            # a cut part has no top side of its own: both readings
-            passed = passed._replace(unsure=True, flag="pieces", whole=t.whole)
             read = self._read(frame, passed)
             if read[0].score <= whole.score:
                 return None
@@ -365,13 +374,9 @@ class VisionPipeline:
                 if not ENDS_REACH[0] <= f <= ENDS_REACH[1]:
                     continue
                 piece = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
-                det = Detection(portrait_quad(order_quad(piece)), t.score, "cnn", 1.0, {"end": i})
-                self._cnn.snap(frame, det)
-                passed = self._gate(frame, det)
+                passed = self._piece(frame, portrait_quad(order_quad(piece)), t.score, {"end": i}, whole=t.whole)
                 if passed is None:
                     continue
-                # no top side of its own: both readings
-                passed = passed._replace(unsure=True, flag="pieces", whole=t.whole)
                 read = self._read(frame, passed)
                 if read[0].score > whole.score and read[0].score >= th.no_card_score:
                     got.append((passed, read))
@@ -390,7 +395,9 @@ class VisionPipeline:
         that matches a catalog card better than the outline did replaces it, flagged ``pieces`` (never accepted:
         the calibration never saw such quads; the server gets the crop). Only for a CNN detection that matched
         nothing, after ``_cut`` and ``_ends`` found nothing; the candidates' embeddings are matched in one
-        product and only the best is re-ranked."""
+        product and only the best is re-ranked. Frames of non-catalog objects, whose outlines all match nothing,
+        pay for it: 33 → 94 ms a frame median (``tests/bench/bench_device.py --threads 1 --frames 200 --stacks 0
+        --foreign``, docs/device-vision.md, eighteenth session)."""
         th = self.thresholds
         if self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score:
             return None
@@ -404,13 +411,8 @@ class VisionPipeline:
                         qq[j] += depth * (q[(j + 3) % 4] - q[j])
                         qq[(j + 1) % 4] += depth * (q[(j + 2) % 4] - q[(j + 1) % 4])
                     cands.append(qq)
-        passed_all = []
-        for qq in cands:
-            det = Detection(qq, t.score, "cnn", 1.0, {"inside": True})
-            self._cnn.snap(frame, det)
-            passed = self._gate(frame, det)
-            if passed is not None:
-                passed_all.append(passed._replace(unsure=t.unsure, flag="pieces", whole=t.whole))
+        passed_all = [p for qq in cands
+                      if (p := self._piece(frame, qq, t.score, {"inside": True}, t.unsure, t.whole)) is not None]
         variants = [(k, quad, crop) for k, p in enumerate(passed_all) for quad, crop in self._readings(frame, p)]
         if not variants:
             return None
@@ -465,16 +467,9 @@ class VisionPipeline:
         if fill < 0.85:
             return None
         quad = portrait_quad(order_quad(cv2.boxPoints(rect)))
-        info: dict = {"merged": len(group)}
-        det = Detection(quad, max(todo[i].score for i in group), "cnn", 1.0, info)
-        if self._cnn is not None:
-            self._cnn.snap(frame, det)
-        passed = self._gate(frame, det)
-        if passed is None:
+        passed = self._piece(frame, quad, max(todo[i].score for i in group), {"merged": len(group)})
+        if passed is None:  # (a rectangle has no top side: both readings)
             return None
-        # a rectangle has no top side: both readings. Flagged ``pieces``: the confidence was never calibrated on
-        # such outlines, so the device does not accept them; the server gets the crop
-        passed = passed._replace(unsure=True, flag="pieces")  # the gate's own soft flag stays in the quality
         read = self._read(frame, passed)
         if read[0].score < self.thresholds.no_card_score or read[0].score <= max(best[i][0].score for i in group):
             return None
