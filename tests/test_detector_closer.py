@@ -321,3 +321,32 @@ def test_a_card_whose_outline_took_in_the_pile_under_it_is_read_inside_it(shared
     read_one = pipe._read(frame, one)[0]
     assert read_one.card_ids[0] == top and read_one.score >= pipe.thresholds.no_card_score
     assert pipe._inside(frame, one, read_one) is None
+
+
+def test_a_card_the_detector_saw_only_part_of_is_read_grown_to_a_card(shared_data):
+    """The outline of a real sv1 scan's top 60 % (the detector cut it where fingers cross it, or at a full-art
+    card's text box) reads as nothing and holds no card at its ends; carried on across its long sides to a card's
+    aspect it is the card, which is read — flagged ``pieces`` (never accepted). A card-shaped outline that matched a
+    card is never grown (``VisionPipeline._grow``)."""
+    from device.vision.geometry import quad_iou
+    from device.vision.pipeline import VisionPipeline
+
+    pipe = VisionPipeline.from_bundle(BUNDLE, 1)
+    rng = np.random.default_rng(6)
+    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    cid = "sv1-100"
+    img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
+    frame[130:340, 240:390] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
+    piece = pipe._gate(frame, Detection(_rect(240, 130, 389, 256), 0.9, "cnn", 1.0, {}))
+    whole = pipe._read(frame, piece)[0]
+    assert whole.score < pipe.thresholds.no_card_score  # the piece reads as no card
+    assert pipe._cut(frame, piece, whole) is None and pipe._ends(frame, piece, whole) is None
+    grown = pipe._grow(frame, piece, whole)
+    assert grown is not None and len(grown) == 1
+    passed, read = grown[0]
+    assert read[0].card_ids[0] == cid and passed.flag == "pieces"
+    assert quad_iou(passed.quad, _rect(240, 130, 389, 339)) > 0.9
+    card = pipe._gate(frame, Detection(_rect(240, 130, 389, 339), 0.9, "cnn", 1.0, {}))
+    read_card = pipe._read(frame, card)[0]
+    assert read_card.card_ids[0] == cid and read_card.score >= pipe.thresholds.no_card_score
+    assert pipe._grow(frame, card, read_card) is None

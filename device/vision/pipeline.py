@@ -43,6 +43,7 @@ MAX_CUT = 3  # detections a frame that may be cut into cards laid edge to edge (
 CUT_ASPECT_TOL = 0.1  # how far from a card's aspect the parts of such a cut may be
 ENDS_ASPECT_TOL = 0.04  # an outline this close to a card's aspect is one card, never read at its ends (_ends)
 ENDS_REACH = (0.55, 0.92)  # how far across the outline a card at one of its ends may reach (_ends)
+GROW_REACH = (1.08, 2.0)  # how far past the outline, across it, a card the outline is a piece of may reach (_grow)
 # how far one side of an outline, or the two sides at one of its corners, is moved in to find the card inside it,
 # as a fraction of the outline across that side (_inside)
 INSIDE_DEPTHS = (0.12, 0.2)
@@ -386,6 +387,40 @@ class VisionPipeline:
                 out.append((passed, read))
         return out or None
 
+    def _grow(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
+        """A card the detector saw only part of — cut across by the fingers holding it, or at the line where a
+        full-art card's art runs into its text box — so that the outline, a piece of the card, matched nothing
+        (simulated hand-held real sv1 scans, seed 780000: a third of the cards read wrong had a quad lying inside
+        the card, 96–99 % of it on the card, covering 51–72 % of it). The outline carried on past one of its sides,
+        across, until it has a card's aspect (the side the card's width or its height, the card reaching 1.08–2× as
+        far across as the outline: ``GROW_REACH``), edge-snapped and read; the best that matches a card better
+        than the piece replaces it, flagged ``pieces`` (never accepted). Only for a CNN detection that matched
+        nothing and is no card's shape, after ``_ends`` found nothing at its ends: up to eight reads."""
+        th = self.thresholds
+        if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
+                or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
+            return None
+        q = order_quad(t.quad)
+        got = []
+        for i in range(4):
+            a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
+            side = float(np.linalg.norm(b - a))
+            across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
+            for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
+                f = depth / max(across, 1e-6)
+                if not GROW_REACH[0] <= f <= GROW_REACH[1]:
+                    continue
+                quad = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
+                passed = self._piece(frame, portrait_quad(order_quad(quad)), t.score, {"grown": i}, whole=t.whole)
+                if passed is None:
+                    continue
+                read = self._read(frame, passed)
+                if read[0].score > whole.score and read[0].score >= th.no_card_score:
+                    got.append((passed, read))
+        if not got:
+            return None
+        return [max(got, key=lambda pr: pr[1][0].score)]
+
     def _inside(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
         """A card whose outline took in what lies around it — the edges of the cards under it in a pile or a
         fanned hand, a neighbour's border, a shadow — so that the outline, card-shaped or not, matched nothing
@@ -569,7 +604,8 @@ class VisionPipeline:
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 parts = self._cut(frame, todo[i], best[i][0])
                 if not parts:
-                    parts = self._ends(frame, todo[i], best[i][0]) or self._inside(frame, todo[i], best[i][0])
+                    parts = (self._ends(frame, todo[i], best[i][0]) or self._grow(frame, todo[i], best[i][0])
+                             or self._inside(frame, todo[i], best[i][0]))
                     outlines += [todo[i].quad] if parts else []
                 if parts:
                     _replace(todo, best, [i], parts)
