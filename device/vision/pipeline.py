@@ -153,6 +153,16 @@ def _short_side_first(quad: np.ndarray) -> tuple[np.ndarray, float, float]:
     return q, 0.5 * (sides[0] + sides[2]), 0.5 * (sides[1] + sides[3])
 
 
+def _moved_in(q: np.ndarray, depths: dict[int, float]) -> np.ndarray:
+    """Quad ``q`` with each side j of ``depths`` (j runs q[j] → q[j+1]) moved in towards the side across from it
+    by that fraction of the way."""
+    out = q.copy()
+    for j, depth in depths.items():
+        out[j] += depth * (q[(j + 3) % 4] - q[j])
+        out[(j + 1) % 4] += depth * (q[(j + 2) % 4] - q[(j + 1) % 4])
+    return out
+
+
 def _replace(todo: list[_Passed], best: dict, old: list[int], new: list[tuple[_Passed, tuple]]) -> None:
     """Detections ``old`` of a frame replaced by the (passed, read) pairs ``new`` (pieces of them, or their whole)."""
     for i in old:
@@ -390,12 +400,13 @@ class VisionPipeline:
     def _grow(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
         """A card the detector saw only part of — cut across by the fingers holding it, or at the line where a
         full-art card's art runs into its text box — so that the outline, a piece of the card, matched nothing
-        (simulated hand-held real sv1 scans, seed 780000: a third of the cards read wrong had a quad lying inside
-        the card, 96–99 % of it on the card, covering 51–72 % of it). The outline carried on past one of its sides,
-        across, until it has a card's aspect (the side the card's width or its height, the card reaching 1.08–2× as
-        far across as the outline: ``GROW_REACH``), edge-snapped and read; the best that matches a card better
-        than the piece replaces it, flagged ``pieces`` (never accepted). Only for a CNN detection that matched
-        nothing and is no card's shape, after ``_ends`` found nothing at its ends: up to eight reads."""
+        (simulated hand-held real sv1 scans, seed 780000: 9 of the 30 cards read wrong were read through a quad
+        lying ≥ 90 % on the card and covering 51–68 % of it; docs/device-vision.md). The outline carried on past
+        one of its sides, across, until it has a card's aspect (the side the card's width or its height, the card
+        reaching 1.08–2× as far across as the outline: ``GROW_REACH``), edge-snapped and read; the best that
+        matches a card better than the piece replaces it, flagged ``pieces`` (never accepted). Only for a CNN
+        detection that matched nothing and is no card's shape, after ``_ends`` found nothing at its ends: up to
+        eight reads (``_grown_or_inside``)."""
         th = self.thresholds
         if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
                 or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
@@ -437,15 +448,8 @@ class VisionPipeline:
         if self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score:
             return None
         q = np.asarray(t.quad, np.float32)  # TL, TR, BR, BL of the card as the detection has it: keeps its top
-        cands = []
-        for depth in INSIDE_DEPTHS:
-            for i in range(4):
-                for sides in ((i,), (i, (i + 1) % 4)):  # side i; sides i and i+1 (the corner between them)
-                    qq = q.copy()
-                    for j in sides:  # side j runs q[j] → q[j+1]; across from it q[j+3] → q[j+2]
-                        qq[j] += depth * (q[(j + 3) % 4] - q[j])
-                        qq[(j + 1) % 4] += depth * (q[(j + 2) % 4] - q[(j + 1) % 4])
-                    cands.append(qq)
+        cands = [_moved_in(q, dict.fromkeys(sides, depth)) for depth in INSIDE_DEPTHS
+                 for i in range(4) for sides in ((i,), (i, (i + 1) % 4))]  # side i; sides i, i+1 (their corner)
         passed_all = [p for qq in cands
                       if (p := self._piece(frame, qq, t.score, {"inside": True}, t.unsure, t.whole)) is not None]
         variants = [(k, quad, crop) for k, p in enumerate(passed_all) for quad, crop in self._readings(frame, p)]
@@ -458,6 +462,13 @@ class VisionPipeline:
             return None
         k, quad, crop = variants[j]
         return [(passed_all[k], (self._rerank(matches[j], frame, quad, embs[j]), quad, crop, embs[j]))]
+
+    def _grown_or_inside(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
+        """The better read of ``_grow`` (the outline a piece of the card) and ``_inside`` (the outline took in
+        more than the card): either may find some card reading a little better than the outline where the other
+        finds the card itself. Both run only for an outline that matched nothing and that ``_ends`` did not read."""
+        found = [p for p in (self._grow(frame, t, whole), self._inside(frame, t, whole)) if p]
+        return max(found, key=lambda parts: parts[0][1][0].score) if found else None
 
     def _merge(self, frame: np.ndarray, todo: list[_Passed], best: dict) -> list[tuple[list[int], _Passed, tuple]]:
         """Cards the detector cut into pieces (a full-art card whose art runs into a mat of its colours: a
@@ -604,8 +615,7 @@ class VisionPipeline:
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 parts = self._cut(frame, todo[i], best[i][0])
                 if not parts:
-                    parts = (self._ends(frame, todo[i], best[i][0]) or self._grow(frame, todo[i], best[i][0])
-                             or self._inside(frame, todo[i], best[i][0]))
+                    parts = self._ends(frame, todo[i], best[i][0]) or self._grown_or_inside(frame, todo[i], best[i][0])
                     outlines += [todo[i].quad] if parts else []
                 if parts:
                     _replace(todo, best, [i], parts)
