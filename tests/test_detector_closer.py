@@ -25,6 +25,34 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
 
 
+def _on_a_table(shared_data: Path, placed: dict[str, tuple[int, int]], seed: int = 6) -> np.ndarray:
+    """A 640×480 frame of a plain mottled table with real sv1 scans laid on it, 150×210 px, top-left corners at
+    ``placed`` (in that order: a later card lies over an earlier one)."""
+    rng = np.random.default_rng(seed)
+    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    for cid, (x, y) in placed.items():
+        img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
+        frame[y:y + 210, x:x + 150] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def _nothing_in_its_parts(pipe, frame: np.ndarray, quad: np.ndarray):
+    """A CNN outline that reads as no card and holds none in its equal parts or at its ends: (passed, match)."""
+    t = pipe._gate(frame, Detection(quad, 0.9, "cnn", 1.0, {}))
+    whole = pipe._read(frame, t)[0]
+    assert whole.score < pipe.thresholds.no_card_score
+    assert pipe._cut(frame, t, whole) is None and pipe._ends(frame, t, whole) is None
+    return t, whole
+
+
+def _a_card(pipe, frame: np.ndarray, quad: np.ndarray, card_id: str):
+    """A CNN outline that reads as ``card_id``, well enough to be a card: (passed, match)."""
+    t = pipe._gate(frame, Detection(quad, 0.9, "cnn", 1.0, {}))
+    m = pipe._read(frame, t)[0]
+    assert m.card_ids[0] == card_id and m.score >= pipe.thresholds.no_card_score
+    return t, m
+
+
 def _same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
@@ -301,25 +329,16 @@ def test_a_card_whose_outline_took_in_the_pile_under_it_is_read_inside_it(shared
     from device.vision.pipeline import VisionPipeline
 
     pipe = VisionPipeline.from_bundle(BUNDLE, 1)
-    rng = np.random.default_rng(6)
-    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
     under, top = "sv1-25", "sv1-81"
-    for cid, (x, y) in ((under, (200, 110)), (top, (225, 140))):
-        img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
-        frame[y:y + 210, x:x + 150] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
-    pile = pipe._gate(frame, Detection(_rect(200, 110, 375, 350), 0.9, "cnn", 1.0, {}))
-    whole = pipe._read(frame, pile)[0]
-    assert whole.score < pipe.thresholds.no_card_score  # the pile's outline reads as no card
-    assert pipe._cut(frame, pile, whole) is None and pipe._ends(frame, pile, whole) is None
+    frame = _on_a_table(shared_data, {under: (200, 110), top: (225, 140)})
+    pile, whole = _nothing_in_its_parts(pipe, frame, _rect(200, 110, 375, 350))  # the pile's outline
     inside = pipe._inside(frame, pile, whole)
     assert inside is not None and len(inside) == 1
     passed, read = inside[0]
     assert read[0].card_ids[0] == top and passed.flag == "pieces"
     assert quad_iou(passed.quad, _rect(225, 140, 375, 350)) > 0.85
     assert np.linalg.norm(read[1][0] - [225, 140]) < 15  # the top-left corner stays top left: read upright
-    one = pipe._gate(frame, Detection(_rect(225, 140, 375, 350), 0.9, "cnn", 1.0, {}))
-    read_one = pipe._read(frame, one)[0]
-    assert read_one.card_ids[0] == top and read_one.score >= pipe.thresholds.no_card_score
+    one, read_one = _a_card(pipe, frame, _rect(225, 140, 375, 350), top)
     assert pipe._inside(frame, one, read_one) is None
 
 
@@ -332,21 +351,13 @@ def test_a_card_the_detector_saw_only_part_of_is_read_grown_to_a_card(shared_dat
     from device.vision.pipeline import VisionPipeline
 
     pipe = VisionPipeline.from_bundle(BUNDLE, 1)
-    rng = np.random.default_rng(6)
-    frame = cv2.GaussianBlur(rng.integers(60, 120, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
     cid = "sv1-100"
-    img = cv2.imread(str(shared_data / "PTCGextension" / "cards" / cid / f"{cid}.png"), cv2.IMREAD_COLOR)
-    frame[130:340, 240:390] = cv2.resize(img, (150, 210), interpolation=cv2.INTER_AREA)
-    piece = pipe._gate(frame, Detection(_rect(240, 130, 389, 256), 0.9, "cnn", 1.0, {}))
-    whole = pipe._read(frame, piece)[0]
-    assert whole.score < pipe.thresholds.no_card_score  # the piece reads as no card
-    assert pipe._cut(frame, piece, whole) is None and pipe._ends(frame, piece, whole) is None
+    frame = _on_a_table(shared_data, {cid: (240, 130)})
+    piece, whole = _nothing_in_its_parts(pipe, frame, _rect(240, 130, 389, 256))  # the card's top 60 %
     grown = pipe._grow(frame, piece, whole)
     assert grown is not None and len(grown) == 1
     passed, read = grown[0]
     assert read[0].card_ids[0] == cid and passed.flag == "pieces"
     assert quad_iou(passed.quad, _rect(240, 130, 389, 339)) > 0.9
-    card = pipe._gate(frame, Detection(_rect(240, 130, 389, 339), 0.9, "cnn", 1.0, {}))
-    read_card = pipe._read(frame, card)[0]
-    assert read_card.card_ids[0] == cid and read_card.score >= pipe.thresholds.no_card_score
+    card, read_card = _a_card(pipe, frame, _rect(240, 130, 389, 339), cid)
     assert pipe._grow(frame, card, read_card) is None

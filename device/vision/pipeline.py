@@ -361,6 +361,36 @@ class VisionPipeline:
             return None
         return out
 
+    def _from_a_side(self, frame: np.ndarray, t: _Passed, whole: Match, reach: tuple[float, float],
+                     key: str) -> list[tuple[_Passed, tuple]]:
+        """Card-shaped quads that share one side with outline ``t`` — that side the card's width or its height —
+        and reach ``reach`` of the way across it (below 1: a card at one of its ends, ``_ends``; above: the card
+        the outline is a piece of, ``_grow``), edge-snapped, read (both ways up: a quad of its own has no top) and
+        kept when they match a catalog card better than the outline did: [(passed, read)], ``info[key]`` = the
+        side. None of them for an outline of a card's shape, or one that matched a card."""
+        th = self.thresholds
+        if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
+                or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
+            return []
+        q = order_quad(t.quad)
+        got = []
+        for i in range(4):
+            a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
+            side = float(np.linalg.norm(b - a))
+            across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
+            for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
+                f = depth / max(across, 1e-6)
+                if not reach[0] <= f <= reach[1]:
+                    continue
+                quad = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
+                passed = self._piece(frame, portrait_quad(order_quad(quad)), t.score, {key: i}, whole=t.whole)
+                if passed is None:
+                    continue
+                read = self._read(frame, passed)
+                if read[0].score > whole.score and read[0].score >= th.no_card_score:
+                    got.append((passed, read))
+        return got
+
     def _ends(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
         """A card the detector merged with what lies against it (another card shifted against it or lying partly
         over it, a non-catalog card) into one outline of neither one card's nor two cards' shape (``_cut``'s equal
@@ -370,27 +400,7 @@ class VisionPipeline:
         a CNN detection that matched nothing and is no card's shape (a non-catalog card has one): up to eight
         reads (frames of non-catalog objects, whose detections match nothing, pay for them: +12 ms a frame median,
         ``tests/bench/bench_device.py --foreign``). Pieces of a closer look or a pinched kernel too, as ``_cut``."""
-        th = self.thresholds
-        if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
-                or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
-            return None
-        q = order_quad(t.quad)
-        got = []
-        for i in range(4):
-            a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
-            side = float(np.linalg.norm(b - a))
-            across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
-            for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
-                f = depth / max(across, 1e-6)
-                if not ENDS_REACH[0] <= f <= ENDS_REACH[1]:
-                    continue
-                piece = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
-                passed = self._piece(frame, portrait_quad(order_quad(piece)), t.score, {"end": i}, whole=t.whole)
-                if passed is None:
-                    continue
-                read = self._read(frame, passed)
-                if read[0].score > whole.score and read[0].score >= th.no_card_score:
-                    got.append((passed, read))
+        got = self._from_a_side(frame, t, whole, ENDS_REACH, "end")
         out: list[tuple[_Passed, tuple]] = []
         for passed, read in sorted(got, key=lambda pr: -pr[1][0].score):
             if len(out) < 2 and all(quad_iou(passed.quad, o.quad) < 0.3 for o, _ in out):
@@ -407,27 +417,7 @@ class VisionPipeline:
         matches a card better than the piece replaces it, flagged ``pieces`` (never accepted). Only for a CNN
         detection that matched nothing and is no card's shape, after ``_ends`` found nothing at its ends: up to
         eight reads (``_grown_or_inside``)."""
-        th = self.thresholds
-        if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
-                or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
-            return None
-        q = order_quad(t.quad)
-        got = []
-        for i in range(4):
-            a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
-            side = float(np.linalg.norm(b - a))
-            across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
-            for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
-                f = depth / max(across, 1e-6)
-                if not GROW_REACH[0] <= f <= GROW_REACH[1]:
-                    continue
-                quad = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
-                passed = self._piece(frame, portrait_quad(order_quad(quad)), t.score, {"grown": i}, whole=t.whole)
-                if passed is None:
-                    continue
-                read = self._read(frame, passed)
-                if read[0].score > whole.score and read[0].score >= th.no_card_score:
-                    got.append((passed, read))
+        got = self._from_a_side(frame, t, whole, GROW_REACH, "grown")
         if not got:
             return None
         return [max(got, key=lambda pr: pr[1][0].score)]
@@ -440,10 +430,10 @@ class VisionPipeline:
         of the outline across them (16 quads), each edge-snapped and read the way up the detection was; the best
         that matches a catalog card better than the outline did replaces it, flagged ``pieces`` (never accepted:
         the calibration never saw such quads; the server gets the crop). Only for a CNN detection that matched
-        nothing, after ``_cut`` and ``_ends`` found nothing; the candidates' embeddings are matched in one
-        product and only the best is re-ranked. Frames of non-catalog objects, whose outlines all match nothing,
-        pay for it: 33 → 94 ms a frame median (``tests/bench/bench_device.py --threads 1 --frames 200 --stacks 0
-        --foreign``, docs/device-vision.md, eighteenth session)."""
+        nothing, after ``_cut`` and ``_ends`` found nothing (``_grown_or_inside``); the candidates' embeddings are
+        matched in one product and only the best is re-ranked. Frames of non-catalog objects, whose outlines all
+        match nothing, pay for it: 33 → 94 ms a frame median (``tests/bench/bench_device.py --threads 1 --frames
+        200 --stacks 0 --foreign``, docs/device-vision.md, eighteenth session), most of it the 16–32 embeddings."""
         th = self.thresholds
         if self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score:
             return None
