@@ -149,8 +149,9 @@ class Scan(BaseModel):
         "identified despite (glare | too_blurry | partially_out_of_view), low_score (a confident detection "
         "whose best match is below the no-card score), pieces (one card read from pieces the detector cut "
         "apart, or from part of one outline that matched nothing: an equal part of cards laid edge to edge, one "
-        "end, or a quad inside it), touching (a reprint verdict "
-        "read off a card lying against another, whose edge may have pulled its corners) or disputed (a card on a "
+        "end, or a quad inside it; or from such an outline carried on past a piece of the card), touching (a "
+        "reprint verdict read off a card lying against another, whose edge may have pulled its corners) or "
+        "disputed (a card on a "
         "stack that the device accepted as different printings in the frames it lay still); the device accepts "
         "such a scan only where its bundle's accept_flags name the flag (glare in the demo bundle). None when the "
         "frame was clean.",

@@ -433,7 +433,8 @@ class VisionPipeline:
         nothing, after ``_cut`` and ``_ends`` found nothing (``_grown_or_inside``); the candidates' embeddings are
         matched in one product and only the best is re-ranked. Frames of non-catalog objects, whose outlines all
         match nothing, pay for it: 33 → 94 ms a frame median (``tests/bench/bench_device.py --threads 1 --frames
-        200 --stacks 0 --foreign``, docs/device-vision.md, eighteenth session), most of it the 16–32 embeddings."""
+        200 --stacks 0 --foreign``, docs/device-vision.md, eighteenth session): 16 edge snaps, gates and 16–32
+        embeddings an outline."""
         th = self.thresholds
         if self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score:
             return None
@@ -543,7 +544,7 @@ class VisionPipeline:
         edge to edge (``models.vision_eval`` set ``full_catalog_row``, 1,000 frames, demo-12) contest accepts
         162 → 30 and wrong ones 12 → 1 (docs/device-vision.md, fifteenth session). ``outlines``: detections
         replaced by a card read at one of their ends or inside them (``_ends``, ``_inside``), whose rest is another
-        card or object."""
+        card or object (an outline ``_grow`` carried on lies on the card read from it: it adds no neighbour)."""
         out = set()
         for i, (m, quad, _, _) in best.items():
             if not m.contest or todo[i].flag or m.score < self.thresholds.no_card_score:
@@ -601,7 +602,7 @@ class VisionPipeline:
                 pieces = self._split(frame, todo[i], best[i][0])
                 if pieces:
                     _replace(todo, best, [i], pieces)
-            outlines = []  # outlines read at one end or inside (_ends, _inside): the rest of them still lies there
+            outlines = []  # outlines read at one end, inside or past (_ends, _grown_or_inside): see _touching
             for i in sorted(best, key=lambda k: best[k][0].score)[:MAX_CUT]:
                 parts = self._cut(frame, todo[i], best[i][0])
                 if not parts:

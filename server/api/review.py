@@ -56,8 +56,9 @@ class ReviewItem(BaseModel):
                                      "low_score (nothing in the catalog matched on the device: maybe not a catalog "
                                      "card at all) or pieces (read from the outline of pieces the device's detector "
                                      "cut the card into, or from part of one outline around several cards: its ends, "
-                                     "its equal parts, or inside it: its corners may be off) or touching (a reprint "
-                                     "verdict read off a card lying against another: the neighbour's edge may have "
+                                     "its equal parts, or inside it, or carried on past a piece of the card: its "
+                                     "corners may be off) or touching (a reprint verdict read off a card lying "
+                                     "against another: the neighbour's edge may have "
                                      "pulled its corners) or disputed (the device accepted different printings in the "
                                      "frames the card lay still on a stack).")
     device_confidence: float | None = Field(None, description="The device's calibrated confidence in its top "
