@@ -30,12 +30,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from device.vision.edges import EdgeModel, intersect
-from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrait_quad
+from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrait_quad, quads_from_a_side
 
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
 OUTPUT_STRIDE = 4
 KERNEL_SHRINK = 0.6
 CLOSER_ASPECT_TOL = 0.1  # side ratio within this of CARD_ASPECT: one card's shape (or two side by side), no closer look
+ON_TOP_ASPECT_TOL = 0.06  # side ratio within this of CARD_ASPECT: one card, never looked at for a card on top
+ON_TOP_REACH = (0.45, 0.92)  # how far across the outline the card on top at one of its ends may reach
+ON_TOP_MIN_SUPPORT = 0.6  # fraction of the card on top's inner side along which the edge model sees an edge
+ON_TOP_MIN_REST = 0.15  # the covered card's visible rest, as a fraction of the card on top, below which none is reported
 FACE_GROW = -0.5  # input pixels added around a fitted face region (the predicted face is slightly fat); tuned on simulated captures
 REJECT_REASONS = ("no_card", "too_small", "partially_out_of_view", "occluded", "too_blurry", "glare")
 
@@ -456,12 +460,13 @@ class TFLiteDetector(Detector):
     ``detector.closer``): of the ``closer`` biggest detections, each that is no card's shape (a pile of overlapping
     cards seen as one blob, mostly) and that a zoomed pass would see larger (by ``closer_min_zoom``) gets a second
     inference on a crop around it; when that finds a pile in it (``_a_pile``), the cards found replace it, each
-    remembering the detection it came from (``info["whole"]``, for ``VisionPipeline._reunite``). Real
-    playing-card photos and simulated fans of Pokémon cards, docs/device-vision.md. A card-shaped detection, as
-    every card in a scanner box, never pays for it. Optional older second pass (``zoom_cards`` > 0): when the frame
-    holds at most that many cards, a zoomed corner refinement of each. Off by default: on simulated captures it
-    lowered the median corner error a little but not top-1 (measured 0.76 vs 0.79 identified top-1
-    with/without)."""
+    remembering the detection it came from (``info["whole"]``, for ``VisionPipeline._reunite``); when it finds
+    none (or the detection is nearly a card's shape), a card lying on top at one end of it, where the edge model
+    sees an edge run across (``_on_top``). Real playing-card photos and simulated fans of Pokémon cards,
+    docs/device-vision.md. A card-shaped detection, as every card in a scanner box, never pays for it. Optional
+    older second pass (``zoom_cards`` > 0): when the frame holds at most that many cards, a zoomed corner
+    refinement of each. Off by default: on simulated captures it lowered the median corner error a little but
+    not top-1 (measured 0.76 vs 0.79 identified top-1 with/without)."""
 
     def __init__(self, model_path: str, num_threads: int | None = None, kernel_thresh: float = 0.5,
                  refine: bool = True, zoom_cards: int = 0, zoom_margin: float = 0.3, split: bool = True,
@@ -553,23 +558,64 @@ class TFLiteDetector(Detector):
 
     def _look_closer(self, frame: np.ndarray, first: Detection, scale: float) -> list[Detection]:
         """``first`` or, when it may be several cards and the input saw it small, the cards a zoomed pass finds in
-        it (see the class).
+        it (see the class); else the card on top and the covered card's rest when ``_on_top`` finds them.
 
         A card-shaped detection stays as it is: two cards side by side make a blob of a card's shape too (a card's
         half has nearly a card's aspect, 2.5 × 1.75), and the zoomed pass cut single cards into their art window
         and text box now and then, which nothing in the pieces' geometry tells from two cards. Nor does one piece
         replace the detection: the zoomed pass's corners of a single card read no better than the first pass's
-        (worse on simulated binder pages)."""
-        if abs(side_ratio(first.quad) - CARD_ASPECT) <= CLOSER_ASPECT_TOL:
+        (worse on simulated binder pages). A card on top is looked for in outlines nearer a card's shape than the
+        zoomed pass is (``ON_TOP_ASPECT_TOL``): two cards offset by a tenth of a card make such a blob."""
+        off_shape = abs(side_ratio(first.quad) - CARD_ASPECT)
+        if off_shape <= ON_TOP_ASPECT_TOL:
             return [first]
-        if self._zoom_scale(first.quad, self.closer_margin) < self.closer_min_zoom * scale:
-            return [first]
-        pieces = self._pieces(frame, first.quad, self.closer_margin, first.score)
-        if len(pieces) < 2 or not _a_pile(first.quad, [p.quad for p in pieces]):
-            return [first]
-        for p in pieces:  # the pipeline may still read the whole better (VisionPipeline._reunite)
-            p.info["whole"] = first
-        return pieces
+        zoom = self._zoom_scale(first.quad, self.closer_margin)
+        if off_shape > CLOSER_ASPECT_TOL and zoom >= self.closer_min_zoom * scale:
+            pieces = self._pieces(frame, first.quad, self.closer_margin, first.score)
+            if len(pieces) >= 2 and _a_pile(first.quad, [p.quad for p in pieces]):
+                for p in pieces:  # the pipeline may still read the whole better (VisionPipeline._reunite)
+                    p.info["whole"] = first
+                return pieces
+        return self._on_top(frame, first) or [first]
+
+    def _on_top(self, frame: np.ndarray, first: Detection) -> list[Detection]:
+        """Two overlapping cards whose faces the maps merged into one outline — even zoomed in: on the real
+        playing-card photos white card over white card, a pair offset sideways making a near-square blob — as the
+        card on top and the covered card's visible rest, or [] when no card lies on top at one of its ends.
+
+        The card on top lies at one end of the outline, shares that side, and its inner side is an edge running
+        across the outline; the covered card's inner side lies under it, so nothing marks an edge there. So: a
+        card-shaped quad at each end (``quads_from_a_side``, the card reaching ``ON_TOP_REACH`` across),
+        edge-snapped; the one whose inner side the edge model supports best, along ≥ ``ON_TOP_MIN_SUPPORT`` of
+        it, is the card on top; the rest of the outline beyond it the covered card's visible part (its solidity
+        the part's area over a card's, so the gate calls a mostly covered card ``occluded``). Both carry the
+        outline as ``info["whole"]``: the pipeline reads it whole again when that reads better
+        (``VisionPipeline._reunite``). Needs the bundle's edge model."""
+        if self.edges is None or abs(side_ratio(first.quad) - CARD_ASPECT / 2) <= ON_TOP_ASPECT_TOL:
+            return []  # two cards' shape, end to end: cards laid edge to edge (VisionPipeline._cut) more often
+        outline, _ = self.edges.refine(frame, first.quad)
+        best = None
+        for side, quad in quads_from_a_side(outline, ON_TOP_REACH):
+            snapped, _ = self.edges.refine(frame, quad)
+            if abs(side_ratio(snapped) - CARD_ASPECT) > ON_TOP_ASPECT_TOL:
+                continue
+            support = float(self.edges.side_support(frame, snapped)[2])  # side 2: the one across the outline
+            if support >= ON_TOP_MIN_SUPPORT and (best is None or support > best[0]):
+                best = (support, side, snapped)
+        if best is None:
+            return []
+        support, side, top_quad = best
+        q = order_quad(outline)
+        far = q[(side + 2) % 4], q[(side + 3) % 4]  # the outline's corners across from the shared side
+        top = Detection(portrait_quad(order_quad(top_quad)), first.score, "cnn", first.solidity,
+                        {"top_margin": 0.0, "on_top": round(support, 3), "whole": first})
+        out = [top]
+        rest_quad = order_quad(np.float32([top_quad[3], top_quad[2], far[0], far[1]]))
+        visible = abs(float(cv2.contourArea(rest_quad))) / max(abs(float(cv2.contourArea(top_quad))), 1e-6)
+        if visible >= ON_TOP_MIN_REST and cv2.isContourConvex(rest_quad.reshape(-1, 1, 2)):
+            out.append(Detection(portrait_quad(rest_quad), first.score, "cnn", min(first.solidity, visible),
+                                 {"top_margin": 0.0, "covered": True, "whole": first}))
+        return out
 
     def zoom(self, frame: np.ndarray, det: Detection) -> Detection | None:
         """Second pass on a crop around ``det``, whose best match replaces it (finer corners)."""

@@ -98,13 +98,13 @@ class EdgeModel:
         bias = self.b1 - 0.5 * centre.sum(0) + np.stack([pos, pos * pos], -1) @ prior
         return k.astype(np.float32), bias.astype(np.float32)
 
-    def refine(self, frame: np.ndarray, quad: np.ndarray, min_conf: float = 0.25) -> tuple[np.ndarray, dict]:
-        """``quad`` with each side moved onto the card's edge; the input where a side has too few confident
-        positions or the result is not a plausible card outline. Returns (quad, info)."""
-        q = np.asarray(quad, np.float32)
+    def _edges(self, frame: np.ndarray, q: np.ndarray):
+        """Where each profile across ``q``'s sides puts the edge: (points on the sides [4, S, 2], outward normals
+        [4, 2], the step in frame px, the best position [4, S] and the probability within ±2 positions of it
+        [4, S], the expected offset there [4, S], in steps) — None for a degenerate quad."""
         prof = side_profiles(frame, q, self.radius, self.half, self.samples)
         if prof is None:
-            return q, {"edges": 0}
+            return None
         pts, normals, step, vals = prof
         logit = self.profile_logits(vals)  # [4, S, P]
         logit -= logit.max(-1, keepdims=True)
@@ -117,7 +117,27 @@ class EdgeModel:
         near = np.abs(pos[None, None, :] - pos[k][..., None]) <= 2
         pn = p * near
         conf = pn.sum(-1)
-        off = (pn * pos).sum(-1) / np.maximum(conf, 1e-6) * step  # frame px along the outward normal
+        off = (pn * pos).sum(-1) / np.maximum(conf, 1e-6)
+        return pts, normals, step, pos[k], conf, off
+
+    def side_support(self, frame: np.ndarray, quad: np.ndarray, min_conf: float = 0.5, within: int = 3) -> np.ndarray:
+        """[4]: per side of ``quad``, the fraction of its profiles that put a confident edge (≥ ``min_conf``)
+        within ``within`` positions of the side — whether an edge runs there at all, not where it lies best."""
+        found = self._edges(frame, np.asarray(quad, np.float32))
+        if found is None:
+            return np.zeros(4, np.float32)
+        _, _, _, best, conf, _ = found
+        return ((conf >= min_conf) & (np.abs(best) <= within)).mean(-1).astype(np.float32)
+
+    def refine(self, frame: np.ndarray, quad: np.ndarray, min_conf: float = 0.25) -> tuple[np.ndarray, dict]:
+        """``quad`` with each side moved onto the card's edge; the input where a side has too few confident
+        positions or the result is not a plausible card outline. Returns (quad, info)."""
+        q = np.asarray(quad, np.float32)
+        found = self._edges(frame, q)
+        if found is None:
+            return q, {"edges": 0}
+        pts, normals, step, best, conf, off = found
+        off = off * step  # frame px along the outward normal
         lines = []
         for i in range(4):
             good = conf[i] >= min_conf

@@ -59,6 +59,24 @@ def portrait_quad(quad: np.ndarray) -> np.ndarray:
     return np.roll(q, -1, axis=0) if is_landscape(q) else q
 
 
+def quads_from_a_side(quad: np.ndarray, reach: tuple[float, float]) -> list[tuple[int, np.ndarray]]:
+    """Card-shaped quads that share one side of ``quad`` (TL, TR, BR, BL) — that side the card's width or its
+    height — and reach across it, towards the opposite side, ``reach[0]``–``reach[1]`` of the way (below 1: a
+    card at one end of an outline; above: the card an outline is a piece of). [(side index, quad)]; each quad
+    starts with the shared side (its side 2 is the one across the outline) and has no top of its own."""
+    q = order_quad(quad)
+    out = []
+    for i in range(4):
+        a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
+        side = float(np.linalg.norm(b - a))
+        across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
+        for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
+            f = depth / max(across, 1e-6)
+            if reach[0] <= f <= reach[1]:
+                out.append((i, np.float32([a, b, b + f * (c - b), a + f * (d - a)])))
+    return out
+
+
 def card_height(quad: np.ndarray) -> float:
     """Mean length of the card's left and right sides (TL, TR, BR, BL quad), frame pixels."""
     q = np.asarray(quad, np.float32).reshape(4, 2)

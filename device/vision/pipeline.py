@@ -33,7 +33,7 @@ from device.vision.detector import (CombinedDetector, ContourDetector, Detection
 from device.vision.edges import EdgeModel
 from device.vision.embedder import Embedder
 from device.vision.geometry import (CARD_ASPECT, EVIDENCE_MARGIN, card_height, evidence_size, is_landscape, order_quad,
-                                    portrait_quad, quad_gap, quad_iou, rectify)
+                                    portrait_quad, quad_gap, quad_iou, quads_from_a_side, rectify)
 from device.vision.matcher import CatalogMatcher, Match
 from device.vision.reprints import RerankConfig, Reprints
 
@@ -372,23 +372,14 @@ class VisionPipeline:
         if (self._cnn is None or t.source != "cnn" or whole.score >= th.no_card_score
                 or abs(side_ratio(t.quad) - CARD_ASPECT) <= ENDS_ASPECT_TOL):
             return []
-        q = order_quad(t.quad)
         got = []
-        for i in range(4):
-            a, b, c, d = q[i], q[(i + 1) % 4], q[(i + 2) % 4], q[(i + 3) % 4]  # d across from a, c from b
-            side = float(np.linalg.norm(b - a))
-            across = 0.5 * float(np.linalg.norm(d - a) + np.linalg.norm(c - b))
-            for depth in (side / CARD_ASPECT, side * CARD_ASPECT):
-                f = depth / max(across, 1e-6)
-                if not reach[0] <= f <= reach[1]:
-                    continue
-                quad = np.float32([a, b, b + f * (c - b), a + f * (d - a)])
-                passed = self._piece(frame, portrait_quad(order_quad(quad)), t.score, {key: i}, whole=t.whole)
-                if passed is None:
-                    continue
-                read = self._read(frame, passed)
-                if read[0].score > whole.score and read[0].score >= th.no_card_score:
-                    got.append((passed, read))
+        for i, quad in quads_from_a_side(t.quad, reach):
+            passed = self._piece(frame, portrait_quad(order_quad(quad)), t.score, {key: i}, whole=t.whole)
+            if passed is None:
+                continue
+            read = self._read(frame, passed)
+            if read[0].score > whole.score and read[0].score >= th.no_card_score:
+                got.append((passed, read))
         return got
 
     def _ends(self, frame: np.ndarray, t: _Passed, whole: Match) -> list[tuple[_Passed, tuple]] | None:
@@ -512,16 +503,62 @@ class VisionPipeline:
             return None
         return group, passed, read
 
-    def _reunite(self, frame: np.ndarray, wholes: dict[int, Detection], todo: list[_Passed], best: dict) -> None:
+    def _gate_all(self, frame: np.ndarray, dets: list[Detection], todo: list[_Passed], rejected: list
+                  ) -> tuple[dict[int, Detection], dict[int, _Passed], dict[int, tuple]]:
+        """The gate for a frame's detections: those that pass go to ``todo``, the rejects to ``rejected``. Returns
+        the detections they are pieces of, by id; of those parted into the card on top and the covered card's
+        rest (``TFLiteDetector._on_top``), the card on top as it passed the gate; and the gate's reject of a
+        covered card's rest, by the id of its whole. A card on top that fails the gate (too small, out of view: a
+        piece of one card, mostly) takes its rest with it: the whole goes on as the first pass saw it."""
+        wholes: dict[int, Detection] = {}
+        tops: dict[int, _Passed] = {}
+        covered: dict[int, tuple] = {}
+        unparted = []
+        for det in dets:
+            if "whole" in det.info:
+                wholes[id(det.info["whole"])] = det.info["whole"]
+            n = len(rejected)
+            passed = self._gate(frame, det, rejected)
+            if passed is not None:
+                todo.append(passed)
+                if "on_top" in det.info:
+                    tops[id(det.info["whole"])] = passed
+            elif len(rejected) > n and det.info.get("covered"):
+                covered[id(det.info["whole"])] = rejected[-1]
+            elif "on_top" in det.info:
+                unparted.append((det.info["whole"], rejected[-1] if len(rejected) > n else None))
+        for whole, top_reject in unparted:
+            key = id(whole)
+            wholes.pop(key, None)
+            todo[:] = [t for t in todo if t.whole is not whole]
+            rest_reject = covered.pop(key, None)
+            rejected[:] = [r for r in rejected if r is not top_reject and r is not rest_reject]
+            det = Detection(whole.quad.copy(), whole.score, "cnn", whole.solidity, dict(whole.info))
+            if self._cnn is not None:
+                self._cnn.snap(frame, det)
+            passed = self._gate(frame, det, rejected)
+            if passed is not None:
+                todo.append(passed)
+        return wholes, tops, covered
+
+    def _reunite(self, frame: np.ndarray, wholes: dict[int, Detection], todo: list[_Passed], best: dict,
+                 tops: dict[int, _Passed] | None = None) -> list[int]:
         """The detector's closer look took a detection apart into overlapping cards (``TFLiteDetector.closer``),
         or its first pass cut a kernel pinched at a neck (``split_kernels``: the whole is marked ``pinched``),
         which it tells from one card cut up by a finger or at its text box by shape alone. The catalog can tell
         better: when no piece reads well enough to be accepted and the whole reads better than every piece, the
         whole (edge-snapped) replaces them, in ``todo`` / ``best``; a pinched whole must also read as well as an
-        accept. Costs one warp + embed + match per taken-apart detection that read badly."""
-        for whole in wholes.values():
+        accept. Costs one warp + embed + match per taken-apart detection that read badly. ``tops``: wholes parted
+        into the card on top and the covered card's rest (``TFLiteDetector._on_top``), by id, with the card on top:
+        such a whole is read whatever its pieces read, and replaces them unless the card on top reads as well as an
+        accept and better than the whole (a tilted card's art window can read as some card; a card the whole
+        reads badly may still be found by the looks that follow). Returns the ids (keys of ``wholes``) of the
+        wholes read instead of their pieces."""
+        restored = []
+        for key, whole in wholes.items():
             idx = [i for i in best if todo[i].whole is whole]
-            if any(best[i][0].score >= self.thresholds.accept_floor for i in idx):
+            top = (tops or {}).get(key)
+            if top is None and any(best[i][0].score >= self.thresholds.accept_floor for i in idx):
                 continue
             det = Detection(whole.quad.copy(), whole.score, "cnn", whole.solidity, dict(whole.info))
             if self._cnn is not None:
@@ -530,11 +567,18 @@ class VisionPipeline:
             if passed is None:
                 continue
             read = self._read(frame, passed)
-            if idx and read[0].score <= max(best[i][0].score for i in idx):
-                continue
+            if top is None:
+                if idx and read[0].score <= max(best[i][0].score for i in idx):
+                    continue
+            else:
+                on_top = [best[i][0].score for i in idx if todo[i] is top]
+                if on_top and on_top[0] >= max(read[0].score, self.thresholds.accept_floor):
+                    continue  # the card on top reads as a card, and better than the pile's outline: a pile
             if whole.info.get("pinched") and read[0].score < self.thresholds.accept_floor:
                 continue  # a kernel cut at its neck is two touching cards far more often than one card
             _replace(todo, best, idx, [(passed, read)])
+            restored.append(key)
+        return restored
 
     def _touching(self, todo: list[_Passed], best: dict, rejected: list, outlines: list) -> set[int]:
         """The clean reprint-contest reads whose quad touches or overlaps another card of the frame (within
@@ -564,13 +608,7 @@ class VisionPipeline:
         cards: list[CardResult] = []
         rejected: list[tuple[np.ndarray, str]] = []
         todo: list[_Passed] = []
-        wholes: dict[int, Detection] = {}  # detections the closer look took apart, by id
-        for det in dets:
-            if "whole" in det.info:
-                wholes[id(det.info["whole"])] = det.info["whole"]
-            passed = self._gate(frame, det, rejected)
-            if passed is not None:
-                todo.append(passed)
+        wholes, tops, covered = self._gate_all(frame, dets, todo, rejected)
         variants = [(i, quad, crop) for i, t in enumerate(todo) for quad, crop in self._readings(frame, t)]
         if variants:
             t2 = time.perf_counter()
@@ -590,12 +628,17 @@ class VisionPipeline:
             ms["match"] += (time.perf_counter() - t5) * 1e3
             t6 = time.perf_counter()
             # a card whose kernel the first pass cut at a neck is read whole before its pieces are looked at
-            # closer (the zoomed pass on a piece of one card finds that same card again, once per piece); what
-            # the closer look took apart, after
-            pinched = {k: w for k, w in wholes.items() if w.info.get("pinched")}
-            closer = {k: w for k, w in wholes.items() if k not in pinched}
-            if pinched:
-                self._reunite(frame, pinched, todo, best)
+            # closer (the zoomed pass on a piece of one card finds that same card again, once per piece); so is a
+            # pile parted into the card on top and the covered card's rest (TFLiteDetector._on_top): one card whose
+            # outline is no card's shape (tilted, fingers across it) shows edges across it — its art window, its
+            # text box — where a card on top would end, and read whole it still gets every look below. What the
+            # closer look took apart, after
+            early = {k: w for k, w in wholes.items() if w.info.get("pinched") or k in tops}
+            closer = {k: w for k, w in wholes.items() if k not in early}
+            if early:
+                for k in self._reunite(frame, early, todo, best, tops):
+                    if k in covered:  # the rest was no covered card after all
+                        rejected[:] = [r for r in rejected if r is not covered[k]]
             # the worst-read detections first, at most max_separate a frame: a binder page of nine small cards
             # would otherwise pay up to nine more inferences
             for i in sorted(best, key=lambda k: best[k][0].score)[:self.max_separate]:
