@@ -94,6 +94,23 @@ def test_edge_model_keeps_the_quad_where_there_is_no_card(model):
     assert abs(cv2.contourArea(out)) > 0.7 * abs(cv2.contourArea(TRUE_QUAD))
 
 
+def test_one_side_snapped_moves_only_that_side_and_its_corners(model):
+    """``refine(sides=…)``: the side asked for goes onto the card's edge, its two corners along the sides beside
+    it; the other corners stay exactly where they were (``TFLiteDetector._on_top`` snaps only the inner side of a
+    quad whose other sides lie on an outline snapped already). ``side_support`` sees an edge along the card's
+    side and none along a line across the table below it."""
+    frame, _ = capture(3, sleeve=False)
+    q = TRUE_QUAD.copy()
+    q[2:] += np.float32([0, 9])  # the bottom side (2: BR → BL) 9 px low
+    out, info = model.refine(frame, q, sides=(2,))
+    assert np.array_equal(out[:2], q[:2]) and info["edges"] == 2
+    assert np.linalg.norm(out[2:] - TRUE_QUAD[2:], axis=1).max() < 2.5
+    assert model.side_support(frame, TRUE_QUAD, sides=(2,))[0] > 0.8
+    below = TRUE_QUAD.copy()
+    below[2:] += np.float32([0, 40])  # on the table, 40 px below the card
+    assert model.side_support(frame, below, sides=(2,))[0] < 0.3
+
+
 def test_profiles_and_features_have_the_documented_shapes():
     frame, q = capture(0, False)
     pts, normals, step, vals = side_profiles(frame, q, radius=24, half=5, samples=16)

@@ -593,18 +593,22 @@ class TFLiteDetector(Detector):
         (``VisionPipeline._reunite``). Needs the bundle's edge model."""
         if self.edges is None or abs(side_ratio(first.quad) - CARD_ASPECT / 2) <= ON_TOP_ASPECT_TOL:
             return []  # two cards' shape, end to end: cards laid edge to edge (VisionPipeline._cut) more often
-        outline, _ = self.edges.refine(frame, first.quad)
+        outline, snapped_info = self.edges.refine(frame, first.quad)
         best = None
         for side, quad in quads_from_a_side(outline, ON_TOP_REACH):
-            snapped, _ = self.edges.refine(frame, quad)
+            # its other three sides lie on the outline, snapped already: only the inner one is snapped
+            snapped, _ = self.edges.refine(frame, quad, sides=(2,))
             if abs(side_ratio(snapped) - CARD_ASPECT) > ON_TOP_ASPECT_TOL:
                 continue
-            support = float(self.edges.side_support(frame, snapped)[2])  # side 2: the one across the outline
+            support = float(self.edges.side_support(frame, snapped, sides=(2,))[0])  # side 2: across the outline
             if support >= ON_TOP_MIN_SUPPORT and (best is None or support > best[0]):
-                best = (support, side, snapped)
-        if best is None:
+                best = (support, side, quad)
+        if best is None:  # one card after all: it keeps the snap just made (``detect`` snaps no detection twice)
+            first.quad = outline
+            first.info.update(snapped_info)
             return []
         support, side, top_quad = best
+        top_quad, _ = self.edges.refine(frame, top_quad)  # the card on top's own outline, all four sides
         q = order_quad(outline)
         far = q[(side + 2) % 4], q[(side + 3) % 4]  # the outline's corners across from the shared side
         top = Detection(portrait_quad(order_quad(top_quad)), first.score, "cnn", first.solidity,
@@ -651,7 +655,8 @@ class TFLiteDetector(Detector):
                 dets[i] = z
         if self.edges is not None:
             for d in dets:
-                self.snap(frame, d)
+                if "edges" not in d.info:  # not snapped yet (_on_top snaps an outline it finds one card in)
+                    self.snap(frame, d)
         elif self.refine:
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             for d in dets:

@@ -98,11 +98,11 @@ class EdgeModel:
         bias = self.b1 - 0.5 * centre.sum(0) + np.stack([pos, pos * pos], -1) @ prior
         return k.astype(np.float32), bias.astype(np.float32)
 
-    def _edges(self, frame: np.ndarray, q: np.ndarray):
-        """Where each profile across ``q``'s sides puts the edge: (points on the sides [4, S, 2], outward normals
-        [4, 2], the step in frame px, the best position [4, S] and the probability within ±2 positions of it
-        [4, S], the expected offset there [4, S], in steps) — None for a degenerate quad."""
-        prof = side_profiles(frame, q, self.radius, self.half, self.samples)
+    def _edges(self, frame: np.ndarray, q: np.ndarray, sides: tuple[int, ...] = (0, 1, 2, 3)):
+        """Where each profile across ``q``'s ``sides`` puts the edge: (points on the sides [n, S, 2], outward
+        normals [n, 2], the step in frame px, the best position [n, S] and the probability within ±2 positions of
+        it [n, S], the expected offset there [n, S], in steps) — None for a degenerate quad."""
+        prof = side_profiles(frame, q, self.radius, self.half, self.samples, sides)
         if prof is None:
             return None
         pts, normals, step, vals = prof
@@ -120,36 +120,44 @@ class EdgeModel:
         off = (pn * pos).sum(-1) / np.maximum(conf, 1e-6)
         return pts, normals, step, pos[k], conf, off
 
-    def side_support(self, frame: np.ndarray, quad: np.ndarray, min_conf: float = 0.5, within: int = 3) -> np.ndarray:
-        """[4]: per side of ``quad``, the fraction of its profiles that put a confident edge (≥ ``min_conf``)
-        within ``within`` positions of the side — whether an edge runs there at all, not where it lies best."""
-        found = self._edges(frame, np.asarray(quad, np.float32))
+    def side_support(self, frame: np.ndarray, quad: np.ndarray, sides: tuple[int, ...] = (0, 1, 2, 3),
+                     min_conf: float = 0.5, within: int = 3) -> np.ndarray:
+        """[len(sides)]: per side of ``quad`` asked for, the fraction of its profiles that put a confident edge
+        (≥ ``min_conf``) within ``within`` positions of the side — whether an edge runs there at all, not where it
+        lies best."""
+        found = self._edges(frame, np.asarray(quad, np.float32), sides)
         if found is None:
-            return np.zeros(4, np.float32)
+            return np.zeros(len(sides), np.float32)
         _, _, _, best, conf, _ = found
         return ((conf >= min_conf) & (np.abs(best) <= within)).mean(-1).astype(np.float32)
 
-    def refine(self, frame: np.ndarray, quad: np.ndarray, min_conf: float = 0.25) -> tuple[np.ndarray, dict]:
-        """``quad`` with each side moved onto the card's edge; the input where a side has too few confident
-        positions or the result is not a plausible card outline. Returns (quad, info)."""
+    def refine(self, frame: np.ndarray, quad: np.ndarray, min_conf: float = 0.25,
+               sides: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[np.ndarray, dict]:
+        """``quad`` with each of its ``sides`` moved onto the card's edge (the others stay where they are, their
+        corners with a moved side move along them); the input where a side has too few confident positions or the
+        result is not a plausible card outline. Returns (quad, info)."""
         q = np.asarray(quad, np.float32)
-        found = self._edges(frame, q)
+        found = self._edges(frame, q, sides)
         if found is None:
             return q, {"edges": 0}
         pts, normals, step, best, conf, off = found
         off = off * step  # frame px along the outward normal
-        lines = []
-        for i in range(4):
-            good = conf[i] >= min_conf
+        # a side not refined: the quad's own
+        lines = [(q[i], (q[(i + 1) % 4] - q[i]) / max(float(np.linalg.norm(q[(i + 1) % 4] - q[i])), 1e-6))
+                 for i in range(4)]
+        for k, i in enumerate(sides):
+            good = conf[k] >= min_conf
             if good.sum() < max(4, self.samples // 3):
-                lines.append(None)
+                lines[i] = None
                 continue
-            xy = pts[i][good] + off[i][good, None] * normals[i][None, :]
+            xy = pts[k][good] + off[k][good, None] * normals[k][None, :]
             vx, vy, x0, y0 = cv2.fitLine(xy.reshape(-1, 1, 2).astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
-            lines.append((np.array([x0, y0], np.float32), np.array([vx, vy], np.float32)))
+            lines[i] = (np.array([x0, y0], np.float32), np.array([vx, vy], np.float32))
         out = q.copy()
         moved = 0
         for i in range(4):
+            if (i - 1) % 4 not in sides and i not in sides:
+                continue  # neither side refined: the corner stays
             x = intersect(lines[(i - 1) % 4], lines[i])  # corner i joins side i-1 and side i
             if x is not None and np.linalg.norm(x - q[i]) <= 1.5 * self.radius * step:
                 out[i] = x
@@ -163,10 +171,11 @@ def feature_count(half: int) -> int:
     return 3 * (2 * half + 1) + 3 * 2 * half + 3 + 2
 
 
-def side_profiles(frame: np.ndarray, quad: np.ndarray, radius: int, half: int, samples: int
-                  ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray] | None:
-    """Colour profiles across each side: (points on the sides [4, S, 2], outward unit normals [4, 2], the step
-    in frame px, values [4, S, 2·(radius + half) + 1, 3] float32 in 0..1) — None for a degenerate quad."""
+def side_profiles(frame: np.ndarray, quad: np.ndarray, radius: int, half: int, samples: int,
+                  sides: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[np.ndarray, np.ndarray, float, np.ndarray] | None:
+    """Colour profiles across each of ``sides`` (side i runs from corner i to corner i + 1): (points on the sides
+    [n, S, 2], outward unit normals [n, 2], the step in frame px, values [n, S, 2·(radius + half) + 1, 3] float32
+    in 0..1) — None for a degenerate quad."""
     q = np.asarray(quad, np.float32)
     diag = 0.5 * (np.linalg.norm(q[2] - q[0]) + np.linalg.norm(q[3] - q[1]))
     step = float(diag) / DIAG_STEPS
@@ -177,7 +186,7 @@ def side_profiles(frame: np.ndarray, quad: np.ndarray, radius: int, half: int, s
     ts = (np.arange(samples, dtype=np.float32) + 0.5) / samples * 0.84 + 0.08  # keep off the rounded corners
     c = q.mean(0)
     pts, normals = [], []
-    for i in range(4):
+    for i in sides:
         a, b = q[i], q[(i + 1) % 4]
         d = b - a
         ln = float(np.linalg.norm(d))
@@ -189,12 +198,12 @@ def side_profiles(frame: np.ndarray, quad: np.ndarray, radius: int, half: int, s
             n = -n  # outward
         pts.append(a[None, :] + ts[:, None] * (b - a)[None, :])
         normals.append(n)
-    P, N = np.stack(pts), np.stack(normals)  # [4, S, 2], [4, 2]
-    grid = P[:, :, None, :] + offs[None, None, :, None] * N[:, None, None, :]  # [4, S, O, 2]
+    P, N = np.stack(pts), np.stack(normals)  # [n, S, 2], [n, 2]
+    grid = P[:, :, None, :] + offs[None, None, :, None] * N[:, None, None, :]  # [n, S, O, 2]
     flat = grid.reshape(-1, len(offs), 2)
     vals = cv2.remap(frame, flat[..., 0].astype(np.float32), flat[..., 1].astype(np.float32), cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
-    vals = vals.reshape(4, samples, len(offs), -1).astype(np.float32) / 255.0
+    vals = vals.reshape(len(sides), samples, len(offs), -1).astype(np.float32) / 255.0
     if vals.shape[-1] == 1:
         vals = np.repeat(vals, 3, -1)
     return P, N, step, vals
