@@ -53,6 +53,35 @@ def _a_card(pipe, frame: np.ndarray, quad: np.ndarray, card_id: str):
     return t, m
 
 
+def _photo(shared_data: Path, split: str, name: str) -> tuple[np.ndarray, list]:
+    """A real playing-card photo and its labelled boxes (skips where the shared data is absent)."""
+    from models.detector.data import photo_boxes
+
+    img = cv2.imread(str(shared_data / PHOTOS / split / name))
+    if img is None:
+        pytest.skip(f"{name} not in the shared data")
+    return img, photo_boxes(split)[name]
+
+
+def _box_ious(dets: list[Detection], gts: list) -> list[float]:
+    """Each labelled box's best IoU with the detections' bounding boxes."""
+    boxes = [(d.quad[:, 0].min(), d.quad[:, 1].min(), d.quad[:, 0].max(), d.quad[:, 1].max()) for d in dets]
+    return [max([box_iou(b, g) for b in boxes], default=0.0) for g in gts]
+
+
+def _each_golden_card_named(pipe) -> dict:
+    """Every golden image read by ``pipe``: exactly one card named, the golden one. Returns the results by image."""
+    import json
+
+    expected = json.loads((BUNDLE / "golden" / "expected.json").read_text())
+    out = {}
+    for name, card_id in expected.items():
+        out[name] = res = pipe.process(cv2.imread(str(BUNDLE / "golden" / name)))
+        named = [c for c in res.cards if c.decision != "no_card"]
+        assert len(named) == 1 and named[0].card_id == card_id, name
+    return out
+
+
 def _same(a: list, b: list) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
@@ -104,16 +133,10 @@ def test_a_card_filling_the_frame_costs_one_inference():
 def test_overlapping_real_cards_come_apart(shared_data, name):
     """Real photos of overlapping or touching playing cards that the first pass sees as one blob: the closer look
     returns more cards, and their boxes fit the labelled ones (visible parts) better."""
-    from models.detector.data import photo_boxes
-
-    img = cv2.imread(str(shared_data / PHOTOS / "test" / name))
-    if img is None:
-        pytest.skip(f"{name} not in the shared data")
-    gts = photo_boxes("test")[name]
+    img, gts = _photo(shared_data, "test", name)
 
     def mean_iou(dets):
-        boxes = [(d.quad[:, 0].min(), d.quad[:, 1].min(), d.quad[:, 0].max(), d.quad[:, 1].max()) for d in dets]
-        return float(np.mean([max([box_iou(b, g) for b in boxes], default=0.0) for g in gts]))
+        return float(np.mean(_box_ious(dets, gts)))
 
     once = _cnn(closer=0).detect(img)
     closer = _cnn(closer=4).detect(img)
@@ -127,8 +150,6 @@ def test_a_card_taken_apart_by_mistake_is_read_whole(pinched):
     """When the closer look takes one card apart (a finger across it, its text box), or the first pass cuts its
     kernel at a neck (``pinched``, ``split_kernels``), no piece reads as a catalog card, and the whole does: the
     pipeline reads and reports the whole (``VisionPipeline._reunite``)."""
-    import json
-
     from device.vision.pipeline import VisionPipeline
 
     pipe = VisionPipeline.from_bundle(BUNDLE, 1)
@@ -147,11 +168,7 @@ def test_a_card_taken_apart_by_mistake_is_read_whole(pinched):
         return out
 
     pipe.detector.detect = cut_in_two
-    expected = json.loads((BUNDLE / "golden" / "expected.json").read_text())
-    for name, card_id in expected.items():
-        res = pipe.process(cv2.imread(str(BUNDLE / "golden" / name)))
-        named = [c for c in res.cards if c.decision != "no_card"]
-        assert len(named) == 1 and named[0].card_id == card_id, name
+    _each_golden_card_named(pipe)
 
 
 def test_a_zoomed_pass_fits_only_the_cards_it_looks_at(shared_data, monkeypatch):
@@ -371,23 +388,13 @@ def test_a_card_lying_over_another_is_found_on_top_of_their_blob(shared_data, na
     of the outline where an edge runs across it, the covered card as the rest beyond that edge (its visible part,
     as the photos' boxes label it), and each labelled box is matched; without the look for a card on top one of
     them is missed (``TFLiteDetector._on_top``)."""
-    from models.detector.data import photo_boxes
-
-    img = cv2.imread(str(shared_data / PHOTOS / "train" / name))
-    if img is None:
-        pytest.skip(f"{name} not in the shared data")
-    gts = photo_boxes("train")[name]
-
-    def ious(dets):
-        boxes = [(d.quad[:, 0].min(), d.quad[:, 1].min(), d.quad[:, 0].max(), d.quad[:, 1].max()) for d in dets]
-        return [max([box_iou(b, g) for b in boxes], default=0.0) for g in gts]
-
+    img, gts = _photo(shared_data, "train", name)
     det = _cnn(closer=4)
     found = det.detect(img)
-    assert min(ious(found)) > 0.8
+    assert min(_box_ious(found, gts)) > 0.8
     assert sum(bool(d.info.get("on_top")) for d in found) == 1 and sum(bool(d.info.get("covered")) for d in found) == 1
     monkeypatch.setattr(det, "_on_top", lambda frame, first: [])
-    assert min(ious(det.detect(img))) < 0.5
+    assert min(_box_ious(det.detect(img), gts)) < 0.5
 
 
 @pytest.mark.parametrize("under,top", [("sv1-1", "sv1-2"), ("sv1-100", "sv1-150")])
@@ -424,8 +431,6 @@ def test_one_card_parted_as_a_pile_is_read_whole(top_part):
     window or text box edge where a card on top would end): when the card on top reads worse than the whole
     (its top 60 %), or fails the gate (its top 15 %: too small), the pipeline reads and reports the whole card,
     and no covered card is left among the rejects (``VisionPipeline._gate_all``, ``_reunite``)."""
-    import json
-
     from device.vision.pipeline import VisionPipeline
 
     pipe = VisionPipeline.from_bundle(BUNDLE, 1)
@@ -438,11 +443,7 @@ def test_one_card_parted_as_a_pile_is_read_whole(top_part):
         return _parted(d, np.array([q[0], q[1], cut_r, cut_l]), np.array([cut_l, cut_r, q[2], q[3]]), 0.4)
 
     pipe.detector.detect = part
-    expected = json.loads((BUNDLE / "golden" / "expected.json").read_text())
-    for name, card_id in expected.items():
-        res = pipe.process(cv2.imread(str(BUNDLE / "golden" / name)))
-        named = [c for c in res.cards if c.decision != "no_card"]
-        assert len(named) == 1 and named[0].card_id == card_id, name
+    for name, res in _each_golden_card_named(pipe).items():
         assert not res.rejected, name
 
 
