@@ -585,11 +585,12 @@ class TFLiteDetector(Detector):
 
         The card on top lies at one end of the outline, shares that side, and its inner side is an edge running
         across the outline; the covered card's inner side lies under it, so nothing marks an edge there. So: a
-        card-shaped quad at each end (``quads_from_a_side``, the card reaching ``ON_TOP_REACH`` across),
-        edge-snapped; the one whose inner side the edge model supports best, along ≥ ``ON_TOP_MIN_SUPPORT`` of
-        it, is the card on top; the rest of the outline beyond it the covered card's visible part (its solidity
-        the part's area over a card's, so the gate calls a mostly covered card ``occluded``). Both carry the
-        outline as ``info["whole"]``: the pipeline reads it whole again when that reads better
+        card-shaped quad at each end of the edge-snapped outline (``quads_from_a_side``, the card reaching
+        ``ON_TOP_REACH`` across), its inner side edge-snapped; the one whose inner side the edge model supports
+        best, along ≥ ``ON_TOP_MIN_SUPPORT`` of it, is the card on top (then snapped on all four sides); the rest
+        of the outline beyond it the covered card's visible part (its solidity the part's area over a card's, so
+        the gate calls a mostly covered card ``occluded``). Both carry the outline as ``info["whole"]``: the
+        pipeline reads it whole instead unless the card on top reads as an accept and better
         (``VisionPipeline._reunite``). Needs the bundle's edge model."""
         if self.edges is None or abs(side_ratio(first.quad) - CARD_ASPECT / 2) <= ON_TOP_ASPECT_TOL:
             return []  # two cards' shape, end to end: cards laid edge to edge (VisionPipeline._cut) more often

@@ -106,7 +106,7 @@ class EdgeModel:
         if prof is None:
             return None
         pts, normals, step, vals = prof
-        logit = self.profile_logits(vals)  # [4, S, P]
+        logit = self.profile_logits(vals)  # [n, S, P]
         logit -= logit.max(-1, keepdims=True)
         p = np.exp(logit)
         p /= p.sum(-1, keepdims=True)
