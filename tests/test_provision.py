@@ -276,3 +276,11 @@ def test_fleet_devices_api(fdir, sqlite_url, tmp_path):
         assert client.get("/api/v1/fleet/devices").status_code == 401
         assert client.get("/api/v1/fleet/devices?tz=Mars/Base",
                           headers={"Authorization": f"Bearer {tok_admin}"}).status_code == 422
+        # a key no file name can be (64 four-byte characters: zoneinfo raises OSError, as for what schemathesis
+        # sent) or longer than any zone's name is a clear 422, not a 500
+        for tz in ("\U0001F0CF" * 64, "T̺o͞ ̷i̲n̝v̟o̶k" * 6, "Europe/" + "x" * 250):
+            for path in ("/api/v1/fleet/devices", "/api/v1/fleet/devices/front-desk"):
+                r = client.get(path, params={"tz": tz}, headers={"Authorization": f"Bearer {tok_admin}"})
+                assert r.status_code == 422, (path, r.status_code)
+        assert client.get("/api/v1/fleet/devices/front-desk", params={"tz": "Europe/Berlin"},
+                          headers={"Authorization": f"Bearer {tok_admin}"}).status_code == 200

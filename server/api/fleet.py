@@ -68,7 +68,7 @@ def _aware(dt: datetime | None) -> datetime | None:
 def _day_start(tz: str) -> datetime:
     try:
         zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a key no file name can be (too long)
         raise HTTPException(422, f"unknown time zone {tz!r}") from exc
     today = datetime.now(zone).date()
     return datetime.combine(today, time.min, tzinfo=zone).astimezone(timezone.utc)
@@ -114,7 +114,8 @@ def _views(session: Session, principal: Principal, current: BundleInfo | None, t
 
 
 @router.get("/fleet/devices", response_model=FleetView, summary="Devices with health and today's scans")
-def list_devices(request: Request, tz: str = Query("UTC", description="Time zone that defines 'today'."),
+def list_devices(request: Request,
+                 tz: str = Query("UTC", max_length=64, description="Time zone that defines 'today'."),
                  stale_after_s: int = Query(DEFAULT_STALE_S, ge=10, description="Silence after which online → stale."),
                  principal: Principal = Depends(require("read")),
                  session: Session = Depends(get_session)) -> FleetView:
@@ -133,7 +134,8 @@ def list_devices(request: Request, tz: str = Query("UTC", description="Time zone
 
 
 @router.get("/fleet/devices/{device_id}", response_model=DeviceView, summary="One device, with its telemetry")
-def get_device(device_id: str, request: Request, tz: str = Query("UTC"),
+def get_device(device_id: str, request: Request,
+               tz: str = Query("UTC", max_length=64, description="Time zone that defines 'today'."),
                stale_after_s: int = Query(DEFAULT_STALE_S, ge=10),
                principal: Principal = Depends(require("read")),
                session: Session = Depends(get_session)) -> DeviceView:
