@@ -425,12 +425,13 @@ def _parted(whole: Detection, top: np.ndarray, rest: np.ndarray, visible: float)
                                                                             "whole": whole})]
 
 
-@pytest.mark.parametrize("top_part", [0.6, 0.15])
-def test_one_card_parted_as_a_pile_is_read_whole(top_part):
+@pytest.mark.parametrize("top_part,top_left_out", [(0.6, False), (0.15, False), (0.6, True)])
+def test_one_card_parted_as_a_pile_is_read_whole(top_part, top_left_out):
     """One card whose outline the detector parted into a card on top and a covered rest (a tilted card's art
     window or text box edge where a card on top would end): when the card on top reads worse than the whole
-    (its top 60 %), or fails the gate (its top 15 %: too small), the pipeline reads and reports the whole card,
-    and no covered card is left among the rejects (``VisionPipeline._gate_all``, ``_reunite``)."""
+    (its top 60 %), fails the gate (its top 15 %: too small) or is not among the frame's detections (a frame's
+    ``max_cards`` cut it off), the pipeline reads and reports the whole card, and no covered card is left among
+    the rejects (``VisionPipeline._gate_all``, ``_reunite``)."""
     from device.vision.pipeline import VisionPipeline
 
     pipe = VisionPipeline.from_bundle(BUNDLE, 1)
@@ -440,7 +441,8 @@ def test_one_card_parted_as_a_pile_is_read_whole(top_part):
         d = detect(frame)[0]
         q = d.quad
         cut_l, cut_r = q[0] + top_part * (q[3] - q[0]), q[1] + top_part * (q[2] - q[1])
-        return _parted(d, np.array([q[0], q[1], cut_r, cut_l]), np.array([cut_l, cut_r, q[2], q[3]]), 0.4)
+        parts = _parted(d, np.array([q[0], q[1], cut_r, cut_l]), np.array([cut_l, cut_r, q[2], q[3]]), 0.4)
+        return parts[1:] if top_left_out else parts
 
     pipe.detector.detect = part
     for name, res in _each_golden_card_named(pipe).items():

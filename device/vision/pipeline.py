@@ -504,42 +504,36 @@ class VisionPipeline:
         return group, passed, read
 
     def _gate_all(self, frame: np.ndarray, dets: list[Detection], todo: list[_Passed], rejected: list
-                  ) -> tuple[dict[int, Detection], dict[int, _Passed], dict[int, tuple]]:
+                  ) -> tuple[dict[int, Detection], dict[int, _Passed], dict[int, list]]:
         """The gate for a frame's detections: those that pass go to ``todo``, the rejects to ``rejected``. Returns
         the detections they are pieces of, by id; of those parted into the card on top and the covered card's
-        rest (``TFLiteDetector._on_top``), the card on top as it passed the gate; and the gate's reject of a
-        covered card's rest, by the id of its whole. A card on top that fails the gate (too small, out of view: a
-        piece of one card, mostly) takes its rest with it: the whole goes on as the first pass saw it."""
+        rest (``TFLiteDetector._on_top``), the card on top as it passed the gate, and the rest's reject held back
+        (a covered card only if the parting stands: ``process``). A card on top that fails the gate (too small,
+        out of view: a piece of one card, mostly), or that the frame's ``max_cards`` left out, takes its rest with
+        it: the whole goes on as the first pass saw it."""
         wholes: dict[int, Detection] = {}
         tops: dict[int, _Passed] = {}
-        covered: dict[int, tuple] = {}
-        unparted = []
+        held: dict[int, list] = {}
         for det in dets:
+            parted = "on_top" in det.info or det.info.get("covered")
             if "whole" in det.info:
                 wholes[id(det.info["whole"])] = det.info["whole"]
-            n = len(rejected)
-            passed = self._gate(frame, det, rejected)
+            passed = self._gate(frame, det, held.setdefault(id(det.info["whole"]), []) if parted else rejected)
             if passed is not None:
                 todo.append(passed)
                 if "on_top" in det.info:
                     tops[id(det.info["whole"])] = passed
-            elif len(rejected) > n and det.info.get("covered"):
-                covered[id(det.info["whole"])] = rejected[-1]
-            elif "on_top" in det.info:
-                unparted.append((det.info["whole"], rejected[-1] if len(rejected) > n else None))
-        for whole, top_reject in unparted:
-            key = id(whole)
-            wholes.pop(key, None)
+        for key in [k for k in held if k not in tops]:
+            whole = wholes.pop(key)
+            del held[key]
             todo[:] = [t for t in todo if t.whole is not whole]
-            rest_reject = covered.pop(key, None)
-            rejected[:] = [r for r in rejected if r is not top_reject and r is not rest_reject]
             det = Detection(whole.quad.copy(), whole.score, "cnn", whole.solidity, dict(whole.info))
             if self._cnn is not None:
                 self._cnn.snap(frame, det)
             passed = self._gate(frame, det, rejected)
             if passed is not None:
                 todo.append(passed)
-        return wholes, tops, covered
+        return wholes, tops, held
 
     def _reunite(self, frame: np.ndarray, wholes: dict[int, Detection], todo: list[_Passed], best: dict,
                  tops: dict[int, _Passed] | None = None) -> list[int]:
@@ -608,7 +602,7 @@ class VisionPipeline:
         cards: list[CardResult] = []
         rejected: list[tuple[np.ndarray, str]] = []
         todo: list[_Passed] = []
-        wholes, tops, covered = self._gate_all(frame, dets, todo, rejected)
+        wholes, tops, held = self._gate_all(frame, dets, todo, rejected)
         variants = [(i, quad, crop) for i, t in enumerate(todo) for quad, crop in self._readings(frame, t)]
         if variants:
             t2 = time.perf_counter()
@@ -635,10 +629,10 @@ class VisionPipeline:
             # closer look took apart, after
             early = {k: w for k, w in wholes.items() if w.info.get("pinched") or k in tops}
             closer = {k: w for k, w in wholes.items() if k not in early}
-            if early:
-                for k in self._reunite(frame, early, todo, best, tops):
-                    if k in covered:  # the rest was no covered card after all
-                        rejected[:] = [r for r in rejected if r is not covered[k]]
+            restored = set(self._reunite(frame, early, todo, best, tops)) if early else set()
+            for k, rest in held.items():  # a covered card's rest is one where the parting stands
+                if k not in restored:
+                    rejected += rest
             # the worst-read detections first, at most max_separate a frame: a binder page of nine small cards
             # would otherwise pay up to nine more inferences
             for i in sorted(best, key=lambda k: best[k][0].score)[:self.max_separate]:
