@@ -111,6 +111,41 @@ def test_one_side_snapped_moves_only_that_side_and_its_corners(model):
     assert model.side_support(frame, below, sides=(2,))[0] < 0.3
 
 
+def _white_on_white(seed: int, line: float) -> np.ndarray:
+    """A white card lying over another white card, its bottom edge along TRUE_QUAD's bottom side: no step there,
+    only the cut edge as a 2 px line ``line`` grey levels off the faces (a shadow below 0, a glint above)."""
+    rng = np.random.default_rng(seed)
+    frame = np.full((480, 640, 3), 90, np.float32)
+    under = TRUE_QUAD + np.float32([[-30, 0], [30, 0], [30, 60], [-30, 60]])
+    cv2.fillConvexPoly(frame, under.astype(np.int32), (222, 224, 226), lineType=cv2.LINE_AA)
+    cv2.fillConvexPoly(frame, TRUE_QUAD.astype(np.int32), (224, 225, 226), lineType=cv2.LINE_AA)
+    shade = np.zeros((480, 640), np.float32)
+    cv2.line(shade, tuple(int(v) for v in TRUE_QUAD[2]), tuple(int(v) for v in TRUE_QUAD[3]), 1.0, 2, cv2.LINE_AA)
+    frame += line * shade[..., None]
+    frame = cv2.GaussianBlur(frame, (0, 0), 0.7)
+    return np.clip(frame + rng.normal(0, 1.5, frame.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("line", [-90.0, 8.0], ids=["shadow", "glint"])
+def test_a_seam_is_found_where_a_white_card_lies_on_a_white_card(model, line):
+    """``seam``: a card's edge over a card of its colour is a thin line, not a step; it is found along the whole
+    side and the side is moved onto it (within 1.5 px), where the edge model sees no card edge along most of it.
+    Without the line (nothing but the two faces) there is no seam."""
+    from device.vision.edges import seam
+
+    frame = _white_on_white(4, line)
+    q = TRUE_QUAD.copy()
+    q[2:] += np.float32([0, 7])  # the bottom side 7 px low, as a card-shaped quad at the outline's end puts it
+    found, ends = seam(frame, q, 2, model.radius, model.samples)
+    assert found > 0.9
+    a, b = TRUE_QUAD[2], TRUE_QUAD[3]
+    d = (b - a) / np.linalg.norm(b - a)
+    assert max(abs(float(d[0] * (e - a)[1] - d[1] * (e - a)[0])) for e in ends) < 1.5  # each end's distance off it
+    assert model.side_support(frame, TRUE_QUAD, sides=(2,))[0] < 0.6
+    found, _ = seam(_white_on_white(4, 0.0), q, 2, model.radius, model.samples)
+    assert found < 0.3
+
+
 def test_profiles_and_features_have_the_documented_shapes():
     frame, q = capture(0, False)
     pts, normals, step, vals = side_profiles(frame, q, radius=24, half=5, samples=16)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from device.vision.edges import EdgeModel, intersect
+from device.vision.edges import EdgeModel, intersect, seam
 from device.vision.geometry import CARD_ASPECT, card_height, order_quad, portrait_quad, quads_from_a_side
 
 INPUT_SIZE = (160, 120)  # (W, H) of the detector input
@@ -39,6 +39,10 @@ CLOSER_ASPECT_TOL = 0.1  # side ratio within this of CARD_ASPECT: one card's sha
 ON_TOP_ASPECT_TOL = 0.06  # side ratio within this of CARD_ASPECT: one card, never looked at for a card on top
 ON_TOP_REACH = (0.45, 0.92)  # how far across the outline the card on top at one of its ends may reach
 ON_TOP_MIN_SUPPORT = 0.6  # fraction of the card on top's inner side along which the edge model sees an edge
+ON_TOP_MIN_SEAM = 0.75  # … or along which a seam runs (``edges.seam``: white card on white card)
+ON_TOP_SEAM_MIN_REST = 0.25  # … with a rest beyond it of at least this part of a card: a court card's picture
+# frame is a seam a sixth to a fifth of the card in from its edge (TRAIN photos: single court cards parted there
+# left rests of 0.16–0.20 of a card, the pairs found 0.29 and more)
 ON_TOP_MIN_REST = 0.15  # the covered card's visible rest, as a fraction of the card on top, below which none is reported
 FACE_GROW = -0.5  # input pixels added around a fitted face region (the predicted face is slightly fat); tuned on simulated captures
 REJECT_REASONS = ("no_card", "too_small", "partially_out_of_view", "occluded", "too_blurry", "glare")
@@ -276,6 +280,24 @@ def side_ratio(quad: np.ndarray) -> float:
     a = float(np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
     b = float(np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
     return min(a, b) / max(a, b, 1e-6)
+
+
+def _area(quad: np.ndarray) -> float:
+    return abs(float(cv2.contourArea(np.asarray(quad, np.float32))))
+
+
+def _onto_line(quad: np.ndarray, side: int, ends: np.ndarray) -> np.ndarray | None:
+    """``quad`` with its ``side`` moved onto the line through ``ends`` (the two sides beside it keep their
+    directions, their corners sliding along them); None where the line misses one of them."""
+    q = np.asarray(quad, np.float32).copy()
+    line = (ends[0], (ends[1] - ends[0]) / max(float(np.linalg.norm(ends[1] - ends[0])), 1e-6))
+    for corner, other in ((side, (side - 1) % 4), ((side + 1) % 4, (side + 2) % 4)):
+        d = q[corner] - q[other]
+        x = intersect(line, (q[other], d / max(float(np.linalg.norm(d)), 1e-6)))
+        if x is None:
+            return None
+        q[corner] = x
+    return q
 
 
 def _a_pile(whole: np.ndarray, pieces: list[np.ndarray]) -> bool:
@@ -587,29 +609,42 @@ class TFLiteDetector(Detector):
         across the outline; the covered card's inner side lies under it, so nothing marks an edge there. So: a
         card-shaped quad at each end of the edge-snapped outline (``quads_from_a_side``, the card reaching
         ``ON_TOP_REACH`` across), its inner side edge-snapped; the one whose inner side the edge model supports
-        best, along ≥ ``ON_TOP_MIN_SUPPORT`` of it, is the card on top (then snapped on all four sides); the rest
-        of the outline beyond it the covered card's visible part (its solidity the part's area over a card's, so
+        best, along ≥ ``ON_TOP_MIN_SUPPORT`` of it, is the card on top (then snapped on all four sides). Where the
+        edge model sees no such edge, a white card on a white card shows only its cut edge's thin shadow or glint:
+        the quad whose inner side a seam (``edges.seam``) runs along, ≥ ``ON_TOP_MIN_SEAM`` of it, is the card on
+        top, its inner side on the seam — if the rest beyond is at least ``ON_TOP_SEAM_MIN_REST`` of a card (a
+        court card's picture frame is such a line near its edge). The rest of the outline beyond the card on top
+        is the covered card's visible part (its solidity the part's area over a card's, so
         the gate calls a mostly covered card ``occluded``). Both carry the outline as ``info["whole"]``: the
         pipeline reads it whole instead unless the card on top reads as an accept and better
         (``VisionPipeline._reunite``). Needs the bundle's edge model."""
         if self.edges is None or abs(side_ratio(first.quad) - CARD_ASPECT / 2) <= ON_TOP_ASPECT_TOL:
             return []  # two cards' shape, end to end: cards laid edge to edge (VisionPipeline._cut) more often
         outline, snapped_info = self.edges.refine(frame, first.quad)
-        best = None
+        best, shaped = None, []
         for side, quad in quads_from_a_side(outline, ON_TOP_REACH):
             # its other three sides lie on the outline, snapped already: only the inner one is snapped
             snapped, _ = self.edges.refine(frame, quad, sides=(2,))
             if abs(side_ratio(snapped) - CARD_ASPECT) > ON_TOP_ASPECT_TOL:
                 continue
+            shaped.append((side, quad))
             support = float(self.edges.side_support(frame, snapped, sides=(2,))[0])  # side 2: across the outline
             if support >= ON_TOP_MIN_SUPPORT and (best is None or support > best[0]):
-                best = (support, side, quad)
+                best = (support, side, quad, False)
+        for side, quad in shaped if best is None else []:  # no edge seen: a seam, white card on white card
+            found, ends = seam(frame, quad, 2, self.edges.radius, self.edges.samples)
+            moved = _onto_line(quad, 2, ends) if found >= ON_TOP_MIN_SEAM else None
+            if (moved is not None and abs(side_ratio(moved) - CARD_ASPECT) <= ON_TOP_ASPECT_TOL
+                    and _area(outline) >= (1 + ON_TOP_SEAM_MIN_REST) * _area(moved)
+                    and (best is None or found > best[0])):
+                best = (found, side, moved, True)
         if best is None:  # one card after all: it keeps the snap just made (``detect`` snaps no detection twice)
             first.quad = outline
             first.info.update(snapped_info)
             return []
-        support, side, top_quad = best
-        top_quad, _ = self.edges.refine(frame, top_quad)  # the card on top's own outline, all four sides
+        support, side, top_quad, on_seam = best
+        # the card on top's own outline, all four sides — but a seam the edge model cannot see stays where it is
+        top_quad, _ = self.edges.refine(frame, top_quad, sides=(0, 1, 3) if on_seam else (0, 1, 2, 3))
         q = order_quad(outline)
         far = q[(side + 2) % 4], q[(side + 3) % 4]  # the outline's corners across from the shared side
         top = Detection(portrait_quad(order_quad(top_quad)), first.score, "cnn", first.solidity,
