@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write one JSON line per scannable card (set, frame, card_id, decision, top1, "
                          "reprint_contest, confidence, iou, …): the summaries' raw material")
     a = ap.parse_args(argv)
+    if not 0.0 <= a.p_shadow <= 1.0:
+        ap.error(f"--p-shadow is a probability, 0 to 1: {a.p_shadow}")
     pipe = VisionPipeline.from_bundle(a.bundle, a.threads, detector=a.detector)
     index = CatalogIndex.load(a.catalog)
     sv1 = [c for c, real in zip(index.ids, index.real_scan) if real]

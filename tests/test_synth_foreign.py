@@ -79,6 +79,20 @@ def test_shadow_darkens_beside_the_card_only():
     assert (ring < 219).sum() >= 20  # the shadow reaches past the edge on the side away from the light
 
 
+def test_an_evaluation_can_draw_shadows_and_refuses_a_probability_above_one():
+    """``models.vision_eval --p-shadow P``: every capture set's config carries it (rows too), 0 is the config the
+    sets always had (their frames seed for seed), and a value outside 0..1 is refused by name before anything runs."""
+    from models.vision_eval import capture_config, main
+
+    for mode in ("free", "grid", "scanner_box", "fan", "row"):
+        assert capture_config(mode, p_shadow=0.6).p_shadow == 0.6
+        assert capture_config(mode, p_shadow=0.0) == capture_config(mode)
+    assert capture_config("row", p_shadow=0.6).fan_layouts == ["row"]
+    with pytest.raises(SystemExit) as e:
+        main(["--bundle", "models/bundles/demo", "--p-shadow", "1.5"])
+    assert e.value.code == 2
+
+
 def test_detector_data_with_foreign_faces_has_no_orientation_target(tmp_path):
     """Foreign frames supervise face and kernel like any capture but not the top half (playing cards look the
     same both ways up)."""
