@@ -41,9 +41,8 @@ ON_TOP_REACH = (0.45, 0.92)  # how far across the outline the card on top at one
 ON_TOP_MIN_SUPPORT = 0.6  # fraction of the card on top's inner side along which the edge model sees an edge
 ON_TOP_MIN_SEAM = 0.75  # … or along which a seam runs (``edges.seam``: white card on white card)
 ON_TOP_SEAM_MIN_REST = 0.25  # … with a rest beyond it of at least this part of a card: a court card's picture
-# frame is a seam a sixth to a fifth of the card in from its edge (TRAIN photos: single court cards parted there
-# left rests of 0.16–0.20 of a card, the pairs found 0.29 and more)
-ON_TOP_MIN_REST = 0.15  # the covered card's visible rest, as a fraction of the card on top, below which none is reported
+# frame is a seam a sixth to a fifth of the card in from its edge (test_a_court_cards_picture_frame_is_no_card_on_top)
+ON_TOP_MIN_REST = 0.15  # the covered card's visible rest (a fraction of the card on top) below which none is reported
 FACE_GROW = -0.5  # input pixels added around a fitted face region (the predicted face is slightly fat); tuned on simulated captures
 REJECT_REASONS = ("no_card", "too_small", "partially_out_of_view", "occluded", "too_blurry", "glare")
 
@@ -614,10 +613,10 @@ class TFLiteDetector(Detector):
         the quad whose inner side a seam (``edges.seam``) runs along, ≥ ``ON_TOP_MIN_SEAM`` of it, is the card on
         top, its inner side on the seam — if the rest beyond is at least ``ON_TOP_SEAM_MIN_REST`` of a card (a
         court card's picture frame is such a line near its edge). The rest of the outline beyond the card on top
-        is the covered card's visible part (its solidity the part's area over a card's, so
-        the gate calls a mostly covered card ``occluded``). Both carry the outline as ``info["whole"]``: the
-        pipeline reads it whole instead unless the card on top reads as an accept and better
-        (``VisionPipeline._reunite``). Needs the bundle's edge model."""
+        is the covered card's visible part (its solidity the part's area over a card's, so the gate calls a mostly
+        covered card ``occluded``). Both carry the outline as ``info["whole"]``: the pipeline reads it whole
+        instead unless the card on top reads as an accept and better (``VisionPipeline._reunite``). Needs the
+        bundle's edge model."""
         if self.edges is None or abs(side_ratio(first.quad) - CARD_ASPECT / 2) <= ON_TOP_ASPECT_TOL:
             return []  # two cards' shape, end to end: cards laid edge to edge (VisionPipeline._cut) more often
         outline, snapped_info = self.edges.refine(frame, first.quad)
@@ -643,15 +642,16 @@ class TFLiteDetector(Detector):
             first.info.update(snapped_info)
             return []
         support, side, top_quad, on_seam = best
-        # the card on top's own outline, all four sides — but a seam the edge model cannot see stays where it is
-        top_quad, _ = self.edges.refine(frame, top_quad, sides=(0, 1, 3) if on_seam else (0, 1, 2, 3))
+        # the card on top's own outline, all four sides — but a seam the edge model cannot see stays where it is;
+        # its snap info tells ``detect`` not to snap it again
+        top_quad, snapped_top = self.edges.refine(frame, top_quad, sides=(0, 1, 3) if on_seam else (0, 1, 2, 3))
         q = order_quad(outline)
         far = q[(side + 2) % 4], q[(side + 3) % 4]  # the outline's corners across from the shared side
         top = Detection(portrait_quad(order_quad(top_quad)), first.score, "cnn", first.solidity,
-                        {"top_margin": 0.0, "on_top": round(support, 3), "whole": first})
+                        {"top_margin": 0.0, "on_top": round(support, 3), "whole": first, **snapped_top})
         out = [top]
         rest_quad = order_quad(np.float32([top_quad[3], top_quad[2], far[0], far[1]]))
-        visible = abs(float(cv2.contourArea(rest_quad))) / max(abs(float(cv2.contourArea(top_quad))), 1e-6)
+        visible = _area(rest_quad) / max(_area(top_quad), 1e-6)
         if visible >= ON_TOP_MIN_REST and cv2.isContourConvex(rest_quad.reshape(-1, 1, 2)):
             out.append(Detection(portrait_quad(rest_quad), first.score, "cnn", min(first.solidity, visible),
                                  {"top_margin": 0.0, "covered": True, "whole": first}))
@@ -691,7 +691,8 @@ class TFLiteDetector(Detector):
                 dets[i] = z
         if self.edges is not None:
             for d in dets:
-                if "edges" not in d.info:  # not snapped yet (_on_top snaps an outline it finds one card in)
+                if "edges" not in d.info:  # not snapped yet (_on_top snaps the card on top, and an outline it
+                    # finds one card in)
                     self.snap(frame, d)
         elif self.refine:
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
