@@ -78,7 +78,8 @@ def card_records(pipe, frame: np.ndarray, labels: dict, min_visible: float = 0.9
              "identified": best is not None and biou >= 0.5}
         if r["identified"]:
             r.update(top1=best.candidates[0][0], top5=[c for c, _ in best.candidates], score=best.score,
-                     margin=best.margin, reprint_contest=best.reprint_contest, decision=best.decision,
+                     margin=best.margin, reprint_contest=best.reprint_contest, patch_fit=best.patch_fit,
+                     decision=best.decision,
                      height=round(card_height(best.quad), 1),
                 sharpness=best.quality.get("sharpness"), glare=best.quality.get("glare"), confidence=best.confidence,
                      quality_flag=best.quality_flag,

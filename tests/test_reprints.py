@@ -138,6 +138,62 @@ def test_an_embedding_that_ranks_another_printing_first_leaves_the_verdict_tied(
         assert not detail["disputed"] and out.card_ids[0] == "sv3-66" and out.margin > 0.005
 
 
+def _grown_down(quad: np.ndarray, frac: float) -> np.ndarray:
+    """The quad with its bottom side moved out by ``frac`` of its height: the outline of a card lying on another
+    whose strip shows below it (the detector outlines both as one)."""
+    q = quad.copy()
+    q[2] += (quad[2] - quad[1]) * frac
+    q[3] += (quad[3] - quad[0]) * frac
+    return q
+
+
+@pytest.mark.parametrize("true_id", ["sv3-66", "sv3-211"])
+def test_patches_not_found_where_the_quad_put_them_are_looked_for_again_wider(contest, true_id):
+    """A quad that took in a strip of the card below (7 % of a height): the numbers sit ≈ 30 px above where the
+    quad says, beyond ``search``. The first read fits poorly; located again within ``wide_search`` the patches
+    fit and name the card — without the second look (``min_fit`` 0) the fit stays low."""
+    printings, ids, arrays = contest
+    rp = Reprints(arrays, ids)
+    other = "sv3-211" if true_id == "sv3-66" else "sv3-66"
+    matrix = np.tile(np.array([0.9, np.sqrt(1 - 0.81), 0, 0], np.float32), (len(ids), 1))
+    query = np.array([1.0, 0, 0, 0], np.float32)
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        frame, quad = capture(printings[true_id], rng, corner_error=2.0)
+        quad = _grown_down(quad, 0.07)
+        m = Match([other, true_id, "base1-5"], [0.90, 0.90, 0.89])
+        first, _ = rp.rerank(m, frame, quad, matrix, query, RerankConfig(min_fit=0.0))
+        assert first.patch_fit < 0.6
+        out, detail = rp.rerank(m, frame, quad, matrix, query, RerankConfig(min_fit=0.6))
+        assert out.patch_fit >= 0.6 and not detail["unfound"]
+        assert out.card_ids[0] == true_id and out.margin > 0.005
+
+
+def test_a_verdict_read_off_patches_not_found_on_the_card_is_left_tied(contest):
+    """The card's footer is covered (a thumb over the number): nothing the patches look for is on the card
+    within the wide search either. Its verdict is left tied — never accepted — though its order stays."""
+    from device.vision.decision import unreadable_contest
+
+    printings, ids, arrays = contest
+    rp = Reprints(arrays, ids)
+    matrix = np.tile(np.array([0.9, np.sqrt(1 - 0.81), 0, 0], np.float32), (len(ids), 1))
+    query = np.array([1.0, 0, 0, 0], np.float32)
+    card = printings["sv3-66"].copy()
+    # the footer under a thumb: skin, soft and mottled
+    thumb = np.full(card[445:].shape, (150, 120, 110), np.uint8)
+    card[445:] = thumb + np.random.default_rng(2).integers(0, 30, thumb.shape).astype(np.uint8)
+    frame, quad = capture(card, np.random.default_rng(4))
+    m = Match(["sv3-211", "sv3-66", "base1-5"], [0.90, 0.90, 0.89])
+    out, detail = rp.rerank(m, frame, quad, matrix, query, RerankConfig(min_fit=0.6))
+    assert detail["unfound"] and out.patch_fit < 0.6
+    assert out.contest and out.margin == pytest.approx(0.0)
+    assert unreadable_contest(out.contest, out.margin, 370.0, 120.0)
+    # the readable card: found, with a margin
+    frame, quad = capture(printings["sv3-66"], np.random.default_rng(4))
+    out, detail = rp.rerank(m, frame, quad, matrix, query, RerankConfig(min_fit=0.6))
+    assert not detail["unfound"] and out.patch_fit >= 0.6 and out.card_ids[0] == "sv3-66" and out.margin > 0.005
+
+
 def test_no_contest_leaves_the_match_alone(contest):
     _, ids, arrays = contest
     rp = Reprints(arrays, ids)

@@ -25,7 +25,8 @@
   evaluation sets at seeds 900000 and 910000, 2 of them wrong (docs/device-vision.md, sixteenth session).
   The same tie stands for a verdict the embedding disputes — it ranks another printing of the contest first by
   ``RerankConfig.dispute`` or more (``Reprints.rerank``; seventeenth session): the patches then keep their order
-  but give no margin.
+  but give no margin — and for a verdict whose patches were not found on the card (``RerankConfig.min_fit``;
+  twenty-second session).
 * ``ambiguous``: everything in between; the scan carries the rectified crop for the server's resolver.
   A card that passed the quality gate only softly (glare, slight blur, a sliver out of view: ``soft=True``)
   is never accepted, however well it matches: its crop is worse evidence than the calibration saw, and the

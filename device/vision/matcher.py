@@ -30,6 +30,9 @@ class Match:
     # the two best are printings of one reprint contest and the margin is their patches' verdict
     # (device.vision.reprints), not an embedding gap: the accept rule has a threshold of its own for it
     contest: bool = False
+    # how well the leading printing's difference patches were found on the card: their area-weighted best
+    # normalised cross-correlation (device.vision.reprints); None where no contest was read
+    patch_fit: float | None = None
 
     @property
     def score(self) -> float:

@@ -86,6 +86,8 @@ class CardResult:
     reprint_contest: bool = False
     # calibrated probability that card_id is right (device.vision.confidence); None: the bundle has no model
     confidence: float | None = None
+    # a reprint contest's read: how well its patches were found on the card (Match.patch_fit)
+    patch_fit: float | None = None
 
     def to_json(self) -> dict:
         d = {"card_id": self.card_id, "decision": self.decision, "score": round(self.score, 4),
@@ -681,7 +683,7 @@ class VisionPipeline:
                             else None)
                 cards.append(CardResult(quad, dec, m.card_ids[0] if dec != "no_card" else None, m.score, m.margin,
                                         list(zip(m.card_ids, m.scores)), crop, todo[i].quality, flag, evidence,
-                                        m.contest, None if dec == "no_card" else conf))
+                                        m.contest, None if dec == "no_card" else conf, m.patch_fit))
         reject_reason = None
         if not cards:
             reject_reason = rejected[0][1] if rejected else "no_card"

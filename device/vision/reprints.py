@@ -10,9 +10,10 @@ the leading candidate's contest are compared with the card, box by box, at ``CAN
 mean face (the quad's corners are a few pixels off), each printing's patch slides a few pixels more and keeps
 its best normalised cross-correlation; the two best printings are compared once more on the pixels where
 they differ (``Reprints.pair_win``); a verdict the embedding disputes (it ranks another printing first by
-``RerankConfig.dispute``) is left without a margin. That moves the contenders' scores (``Reprints.rerank``); the
-accept rule then works on the moved scores and margin, with thresholds calibrated on captures scored the same way
-(``models.build_bundle.calibrate``).
+``RerankConfig.dispute``) is left without a margin, and so is one whose patches fit the card poorly even when
+looked for again within a wider search (``RerankConfig.min_fit``: they were not found on the card). That moves
+the contenders' scores (``Reprints.rerank``); the accept rule then works on the moved scores and margin, with
+thresholds calibrated on captures scored the same way (``models.build_bundle.calibrate``).
 
 Printings that differ over a large part of the face (another layout or frame) are no contest: the embedder
 separates those already, and their patches would not be small.
@@ -59,6 +60,19 @@ class RerankConfig(BaseModel):
                                              "differ too (Reprints.pair_win), not on their whole boxes only.")
     max_contenders: int = Field(8, ge=2, le=64, description="Printings of the leading contest compared, best by "
                                                             "embedding score.")
+    # A card slid onto another is outlined with the strip of the one below it (simulated stack seeds 5009 and
+    # 5038): the boxes land on a rule line beside the number, and the patches fit neither printing (0.50 and 0.54,
+    # against 0.95 and 0.96 with the card's own corners) — a coin toss the device accepted. Located again within
+    # 30 px the same patches fit 0.86-0.89 and name the right printing. 0.75: on development captures (seed
+    # 761000, all evaluation sets) every band of contest accepts under it held wrong ones (2 of 21 under 0.6,
+    # 2 of 71 at 0.6-0.75), none of 304 above (docs/device-vision.md, twenty-second session).
+    min_fit: float = Field(0.75, ge=0.0, le=1.0, description="Patch fit (the leading printing's area-weighted best "
+                           "correlation) below which the boxes are located again within wide_search, and below "
+                           "which, still, the verdict is left tied (never accepted): the patches were not found on "
+                           "the card. 0: every verdict stands.")
+    wide_search: int = Field(30, ge=0, le=100, description="Pixels (at CANVAS) within which the boxes are located "
+                             "again when the patches fit below min_fit (a wider search everywhere lets a patch "
+                             "slide onto a neighbouring line of text that fits it better: see search).")
     dispute: float | None = Field(
         0.005, ge=0.0, le=1.0, description="Embedding score by which another printing of the contest must lead the "
         "patches' choice for the verdict to count as disputed: the two best are then left tied (no accept, "
@@ -214,6 +228,12 @@ class Reprints:
         gray = cv2.GaussianBlur(gray, (0, 0), SIGMA)
         reads: dict = {}
         p = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.search // scale, reads)
+        if float(p.max()) < cfg.min_fit and cfg.wide_search > cfg.search:
+            wide: dict = {}
+            pw = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.wide_search // scale, wide)
+            if float(pw.max()) > float(p.max()):
+                p, reads = pw, wide
+        fit = float(p.max())
         if cfg.pairwise:
             i, j = np.argsort(-p, kind="stable")[:2]
             w = self.pair_win(reads, members[i], members[j])
@@ -231,9 +251,10 @@ class Reprints:
         i = int(np.argmax(p))
         emb = np.array([s for _, s in cont])
         disputed = cfg.dispute is not None and float(emb.max() - emb[i]) >= cfg.dispute
+        unfound = fit < cfg.min_fit  # the patches were not found on the card: their order is noise
         names = [self.ids[int(self.member_row[m])] for m in members]
         first = None
-        if disputed:
+        if disputed or unfound:
             p[np.argsort(-p, kind="stable")[1]] = p[i]
             first = names[i]
         best = float(p.max())
@@ -248,9 +269,10 @@ class Reprints:
         held = max(2, sum(c in in_contest for c in match.card_ids))
         others = [(c, s) for c, s in zip(match.card_ids, match.scores) if c not in in_contest]
         top = sorted(rescored[:held] + others, key=lambda kv: -kv[1])[:len(match.card_ids)]
-        detail = {"patch": {c: round(float(pm), 4) for c, pm in zip(names, p)}, "disputed": disputed}
+        detail = {"patch": {c: round(float(pm), 4) for c, pm in zip(names, p)}, "disputed": disputed,
+                  "unfound": unfound}
         contest = len(top) > 1 and top[0][0] in in_contest and top[1][0] in in_contest
-        return Match([c for c, _ in top], [s for _, s in top], contest), detail
+        return Match([c for c, _ in top], [s for _, s in top], contest, round(fit, 4)), detail
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
