@@ -332,3 +332,6 @@ def test_a_card_slid_onto_another_is_read_where_its_number_is(shared_data):
     assert sum(c.card_id == "sv7-110" for c in after) >= 5
     assert not any(c.card_id == "sv7-162" and c.decision == "accept" for c in after)
     assert all(c.patch_fit >= 0.75 or c.margin == 0.0 for c in after)
+    # what `scanemon-device identify --json` prints says why a contest went to the server
+    contests = [c for c in after if c.reprint_contest]
+    assert contests and all(c.to_json()["patch_fit"] == round(c.patch_fit, 4) for c in contests)

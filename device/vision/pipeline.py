@@ -98,6 +98,8 @@ class CardResult:
             d["quality_flag"] = self.quality_flag
         if self.reprint_contest:
             d["reprint_contest"] = True
+            if self.patch_fit is not None:  # under the bundle's min_fit the verdict was left tied
+                d["patch_fit"] = round(self.patch_fit, 4)
         if self.confidence is not None:
             d["confidence"] = round(self.confidence, 4)
         return d
