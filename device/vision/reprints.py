@@ -233,7 +233,7 @@ class Reprints:
             pw = self.patch_scores(gray, members, max(1, cfg.slack // scale), cfg.wide_search // scale, wide)
             if float(pw.max()) > float(p.max()):
                 p, reads = pw, wide
-        fit = float(p.max())
+        fit = float(p.max())  # the leader's: neither the pairwise margin nor a tie below lifts another above it
         if cfg.pairwise:
             i, j = np.argsort(-p, kind="stable")[:2]
             w = self.pair_win(reads, members[i], members[j])
@@ -257,10 +257,9 @@ class Reprints:
         if disputed or unfound:
             p[np.argsort(-p, kind="stable")[1]] = p[i]
             first = names[i]
-        best = float(p.max())
         lead_score = max(s for _, s in cont)
-        # equal scores keep the contenders' (embedding) order, except the disputed verdict's printing, first
-        rescored = sorted(((c, lead_score - cfg.weight * (best - float(pm))) for c, pm in zip(names, p)),
+        # equal scores keep the contenders' (embedding) order, except a tied verdict's printing, first
+        rescored = sorted(((c, lead_score - cfg.weight * (fit - float(pm))) for c, pm in zip(names, p)),
                           key=lambda kv: (-kv[1], kv[0] != first))
         # The contest keeps as many places in the list as it held (at least two): printings from outside the
         # top-k may take them, but not the places of other illustrations — with bad corners the leader's
