@@ -60,12 +60,12 @@ class RerankConfig(BaseModel):
                                              "differ too (Reprints.pair_win), not on their whole boxes only.")
     max_contenders: int = Field(8, ge=2, le=64, description="Printings of the leading contest compared, best by "
                                                             "embedding score.")
-    # A card slid onto another is outlined with the strip of the one below it (simulated stack seeds 5009 and
-    # 5038): the boxes land on a rule line beside the number, and the patches fit neither printing (0.50 and 0.54,
-    # against 0.95 and 0.96 with the card's own corners) — a coin toss the device accepted. Located again within
-    # 30 px the same patches fit 0.86-0.89 and name the right printing. 0.75: on development captures (seed
-    # 761000, all evaluation sets) every band of contest accepts under it held wrong ones (2 of 21 under 0.6,
-    # 2 of 71 at 0.6-0.75), none of 304 above (docs/device-vision.md, twenty-second session).
+    # A card slid onto another is outlined with the strip of the one below it (simulated stack seeds 5009 and 5038): the
+    # boxes land on a rule line beside the number, and the patches fit neither printing (0.50-0.53 and 0.54-0.62 in the
+    # frames the device accepted, `tests/bench/bench_device.py --trace 5009` with min_fit 0) — a coin toss. Located
+    # again within 30 px they fit 0.86-0.91 and 0.85-0.86 and name the right printing (the same trace with the default).
+    # 0.75: on development captures (seed 761000, all evaluation sets) every band of contest accepts under it held wrong
+    # ones (2 of 21 under 0.6, 2 of 71 at 0.6-0.75), none of 304 above (docs/device-vision.md, twenty-second session).
     min_fit: float = Field(0.75, ge=0.0, le=1.0, description="Patch fit (the leading printing's area-weighted best "
                            "correlation) below which the boxes are located again within wide_search, and below "
                            "which, still, the verdict is left tied (never accepted): the patches were not found on "

@@ -13,7 +13,8 @@ the counter-scan count on simulated stack sequences, using the *device* pipeline
 * stack: ``models.synth.stack`` sequences → appliance stack logic → per-card counts vs ground truth (exact
   or not: needs every placement counted *and* identified right) and the number of placements alone;
 * ``--trace SEED``: one stack sequence (seed 5000 + k is the bench's k-th) printed frame by frame — the phase,
-  the cards on the mat with their visible share, what the device read (card, decision, score, flag; area
+  the cards on the mat with their visible share, what the device read (card, decision, score, flag, calibrated
+  confidence, a reprint contest's patch fit; area
   relative to the resting card and centre shift in its heights), and the tracker's events.
 
 Frames come from ``models.synth`` (seeded); without a rendered catalog (``--catalog``) synthetic card faces
@@ -147,6 +148,10 @@ def trace(args) -> int:
         for c in obs.cards + obs.others:
             r = c.result
             row = [c.card_id, getattr(r, "decision", "rejected"), round(getattr(r, "score", 0.0), 3), c.flag]
+            if getattr(r, "confidence", None) is not None:
+                row.append(f"conf {r.confidence:.3f}")
+            if getattr(r, "reprint_contest", False) and r.patch_fit is not None:
+                row.append(f"fit {r.patch_fit:.3f}")  # a reprint contest: how well its patches were found
             if rest is not None:
                 shift = float(np.linalg.norm(c.quad.mean(0) - rest.quad.mean(0))) / max(rest.height, 1.0)
                 row += [f"area×{c.area / max(rest.area, 1e-6):.3f}", f"shift {shift:.3f}",
